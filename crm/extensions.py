@@ -1,0 +1,71 @@
+"""Shared extension objects: SQLAlchemy, Migrate, Redis and the RQ queues.
+
+Queues:
+  high     flow jobs and replies (the reply path; its worker never runs football)
+  default  everything else that talks to users (notifications, operator sends)
+  low      football data sync (its own worker process)
+"""
+
+from __future__ import annotations
+
+from flask import Flask, current_app
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from redis import Redis
+from rq import Queue
+from sqlalchemy import MetaData, event
+
+naming = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+db = SQLAlchemy(metadata=MetaData(naming_convention=naming))
+migrate = Migrate()
+
+QUEUE_NAMES = ("high", "default", "low")
+# Results are not read back; keep them briefly. Failed jobs stay a week for inspection.
+RESULT_TTL = 300
+FAILURE_TTL = 7 * 24 * 3600
+
+
+def _sqlite_pragmas(dbapi_connection, _record):
+    cursor = dbapi_connection.cursor()
+    # WAL lets the web process and the workers read while one of them writes;
+    # NORMAL is durable across application crashes (not power loss) in WAL mode.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def init_extensions(app: Flask) -> None:
+    settings = app.config["SETTINGS"]
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(app.config["MIGRATIONS_DIR"]), render_as_batch=True)
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", _sqlite_pragmas)
+    redis = Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+    )
+    app.extensions["redis"] = redis
+    app.extensions["queues"] = {
+        name: Queue(name, connection=redis, default_timeout=300 if name != "low" else 1800)
+        for name in QUEUE_NAMES
+    }
+
+
+def get_redis() -> Redis:
+    return current_app.extensions["redis"]
+
+
+def get_queue(name: str) -> Queue:
+    return current_app.extensions["queues"][name]
+
+
+def get_settings():
+    return current_app.config["SETTINGS"]

@@ -1,0 +1,193 @@
+"""Store what the webhook receives: contacts, inbound messages and statuses.
+
+Exactly once: ``messages`` has a unique key on (phone_number_id, wa_message_id)
+and new rows are inserted with ON CONFLICT DO NOTHING, so of several copies of
+one event only the first commit creates a row; the others see the conflict. A
+Redis marker, written only *after* the commit, lets later copies skip the
+database entirely.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from rq.exceptions import DuplicateJobError
+from sqlalchemy import func, select, update
+
+from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_redis
+from crm.models import STATUS_RANK, Contact, Message, utcnow
+from integrations.whatsapp.inbound import InboundMessage, StatusUpdate
+
+log = logging.getLogger(__name__)
+SEEN_TTL = 7 * 24 * 3600
+FLOW_JOB = "flows.jobs.run_contact"
+
+
+def dialect_insert(model):
+    """INSERT with ON CONFLICT support for the current database."""
+    if db.engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(model)
+
+
+def seen_key(phone_number_id: str, wa_message_id: str) -> str:
+    return f"crm:seen:{phone_number_id}:{wa_message_id}"
+
+
+@dataclass
+class Stored:
+    message_id: int
+    contact_id: int
+    new: bool
+
+
+def upsert_contact(wa_id: str, profile_name: str | None, user_id: str | None, now) -> int:
+    values = {"wa_id": wa_id, "profile_name": profile_name, "user_id": user_id, "custom_fields": {},
+              "opted_out": False, "blocked": False, "first_seen_at": now, "last_seen_at": now,
+              "last_inbound_at": now}
+    stmt = dialect_insert(Contact).values(**values)
+    changes = {"last_seen_at": now, "last_inbound_at": now}
+    if profile_name:
+        changes["profile_name"] = stmt.excluded.profile_name
+    if user_id:
+        changes["user_id"] = stmt.excluded.user_id
+    stmt = stmt.on_conflict_do_update(index_elements=[Contact.wa_id], set_=changes).returning(Contact.id)
+    return db.session.execute(stmt).scalar_one()
+
+
+def store_inbound(messages: list[InboundMessage], received_at: float | None = None) -> list[Stored]:
+    """Store the messages of one webhook in one transaction and enqueue their flow jobs.
+
+    Raises on database or Redis failure: the caller answers 5xx and Meta re-delivers.
+    """
+    if not messages:
+        return []
+    redis = get_redis()
+    received_at = received_at or time.time()
+    seen = redis.mget([seen_key(m.phone_number_id, m.wa_message_id) for m in messages])
+    fresh = [m for m, marker in zip(messages, seen, strict=True) if marker is None]
+    if not fresh:
+        return []
+    now = utcnow()
+    stored: list[Stored] = []
+    try:
+        for m in fresh:
+            contact_id = upsert_contact(m.wa_id, m.profile_name, m.user_id, now)
+            row = {
+                "contact_id": contact_id, "direction": "in", "type": m.type, "text": m.text,
+                "payload": m.payload, "phone_number_id": m.phone_number_id,
+                "wa_message_id": m.wa_message_id, "context_wa_id": m.context_id,
+                "status": "received", "created_at": now, "wa_timestamp": m.timestamp,
+                "received_at": received_at, "attempts": 0,
+            }
+            stmt = (dialect_insert(Message).values(**row)
+                    .on_conflict_do_nothing(index_elements=["phone_number_id", "wa_message_id"])
+                    .returning(Message.id))
+            new_id = db.session.execute(stmt).scalar_one_or_none()
+            if new_id is not None:
+                stored.append(Stored(new_id, contact_id, True))
+            else:
+                existing = db.session.execute(
+                    select(Message.id, Message.processed_at).where(
+                        Message.phone_number_id == m.phone_number_id,
+                        Message.wa_message_id == m.wa_message_id)
+                ).one()
+                if existing.processed_at is None:  # stored earlier but maybe never enqueued
+                    stored.append(Stored(existing.id, contact_id, False))
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    for item in stored:
+        enqueue_flow_job(item.contact_id, item.message_id)
+    pipe = redis.pipeline(transaction=False)
+    for m in fresh:
+        pipe.set(seen_key(m.phone_number_id, m.wa_message_id), 1, ex=SEEN_TTL)
+    pipe.execute()
+    return stored
+
+
+def enqueue_flow_job(contact_id: int, message_id: int | None = None) -> bool:
+    """Wake the contact's flow job on ``high``. One job per inbound message, never two."""
+    job_id = f"in-{message_id}" if message_id is not None else None
+    try:
+        get_queue("high").enqueue(
+            FLOW_JOB, contact_id, job_id=job_id, unique=job_id is not None,
+            result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, job_timeout=120,
+            description=f"contact {contact_id}",
+        )
+    except DuplicateJobError:
+        return False
+    return True
+
+
+# --- statuses ---------------------------------------------------------------
+
+STATUS_COLUMN = {"sent": "sent_at", "delivered": "delivered_at", "read": "read_at",
+                 "failed": "failed_at", "deleted": "deleted_at"}
+
+
+def apply_status(msg: Message, update_: StatusUpdate) -> None:
+    """Record one status event; a message's status never moves backwards."""
+    when = update_.timestamp or utcnow()
+    column = STATUS_COLUMN[update_.status]
+    if getattr(msg, column) is None:
+        setattr(msg, column, when)
+    if update_.status == "failed":
+        error = update_.errors[0] if update_.errors else {}
+        msg.error_code = error.get("code")
+        msg.error_title = (error.get("title") or error.get("message") or "")[:512] or None
+        msg.error_details = (error.get("error_data") or {}).get("details") or error.get("message")
+        if msg.status not in ("delivered", "read"):
+            msg.status = "failed"
+    elif update_.status == "deleted":
+        msg.status = "deleted"
+    elif msg.status not in ("failed", "deleted") and STATUS_RANK[update_.status] > STATUS_RANK.get(msg.status, -1):
+        msg.status = update_.status
+
+
+def store_statuses(statuses: list[StatusUpdate]) -> int:
+    """Apply status webhooks to our outbound rows. Returns how many matched."""
+    if not statuses:
+        return 0
+    matched = 0
+    try:
+        for st in statuses:
+            msg = db.session.execute(
+                select(Message).where(Message.phone_number_id == st.phone_number_id,
+                                      Message.wa_message_id == st.wa_message_id)
+            ).scalar_one_or_none()
+            if msg is None and st.callback_id:
+                # The send's HTTP answer was lost, but Meta accepted it: link it now.
+                msg = db.session.execute(
+                    select(Message).where(Message.callback_id == st.callback_id)
+                ).scalar_one_or_none()
+                if msg is not None and msg.wa_message_id is None:
+                    msg.wa_message_id = st.wa_message_id
+                    if msg.status in ("queued", "sending"):
+                        msg.status, msg.next_attempt_at = "sent", None
+            if msg is None:
+                log.debug("status for unknown message %s", st.wa_message_id)
+                continue
+            apply_status(msg, st)
+            matched += 1
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    return matched
+
+
+def count_unprocessed(contact_id: int) -> int:
+    return db.session.execute(
+        select(func.count()).select_from(Message).where(
+            Message.contact_id == contact_id, Message.direction == "in", Message.processed_at.is_(None))
+    ).scalar_one()
+
+
+def touch_contact(contact_id: int, **changes) -> None:
+    db.session.execute(update(Contact).where(Contact.id == contact_id).values(**changes))

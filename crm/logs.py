@@ -1,0 +1,55 @@
+"""One JSON object per log line, with secrets scrubbed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+_SECRETS: set[str] = set()
+_CONTEXT_FIELDS = ("event", "contact_id", "job_id", "request_id", "flow", "step", "ms")
+
+
+def register_secrets(*values: str) -> None:
+    """Values that must never appear in a log line (tokens, app secret)."""
+    _SECRETS.update(v for v in values if v and len(v) >= 4)
+
+
+def scrub(text: str) -> str:
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in _CONTEXT_FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return scrub(json.dumps(entry, default=str))
+
+
+def configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        root.setLevel(level)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.handlers = [handler]
+    root.setLevel(level)
+    # urllib3 logs full URLs; the football API key travels in the query string.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -1,0 +1,24 @@
+"""Prometheus metrics. Multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set (see README)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+WEBHOOK_EVENTS = Counter("crm_webhook_events_total", "Webhook events by kind and outcome",
+                         ["kind", "outcome"])
+REPLY_LATENCY = Histogram(
+    "crm_reply_latency_seconds", "Time from webhook arrival to the first send of the reply",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SENDS = Counter("crm_sends_total", "Graph API sends by outcome and Meta error code",
+                ["outcome", "error_code"])
+SESSIONS_EXPIRED = Counter("crm_sessions_expired_total", "Flow sessions expired for inactivity")
+
+
+def webhook_processed(messages: int, new: int, statuses: int) -> None:
+    if new:
+        WEBHOOK_EVENTS.labels("message", "stored").inc(new)
+    if messages - new:
+        WEBHOOK_EVENTS.labels("message", "duplicate").inc(messages - new)
+    if statuses:
+        WEBHOOK_EVENTS.labels("status", "stored").inc(statuses)

@@ -1,0 +1,127 @@
+"""Contacts and messages: the CRM's record of every conversation."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from crm.extensions import db
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+SERVICE_WINDOW = timedelta(hours=24)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Contact(db.Model):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    wa_id: Mapped[str] = mapped_column(String(32), unique=True)
+    user_id: Mapped[str | None] = mapped_column(String(64))  # Meta's business-scoped user id
+    profile_name: Mapped[str | None] = mapped_column(String(256))
+    custom_fields: Mapped[dict] = mapped_column(JSON, default=dict)
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_inbound_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    messages = relationship("Message", back_populates="contact", lazy="dynamic")
+
+    def window_open(self, now: datetime | None = None) -> bool:
+        """Whether the 24-hour customer service window allows free-form messages."""
+        if self.last_inbound_at is None:
+            return False
+        return (now or utcnow()) - self.last_inbound_at < SERVICE_WINDOW
+
+    def to_context(self) -> dict:
+        """What flows see as ``contact``."""
+        return {
+            "id": self.id,
+            "wa_id": self.wa_id,
+            "name": self.profile_name or "",
+            "fields": dict(self.custom_fields or {}),
+            "opted_out": self.opted_out,
+        }
+
+
+# Outbound life cycle; inbound messages are "received".
+STATUS_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
+FINAL_STATUSES = {"failed", "deleted"}
+
+
+class Message(db.Model):
+    __tablename__ = "messages"
+    __table_args__ = (
+        # Exactly once: Meta may deliver the same webhook several times.
+        db.UniqueConstraint("phone_number_id", "wa_message_id", name="uq_messages_pnid_wamid"),
+        Index("ix_messages_inbox", "contact_id", "direction", "processed_at"),
+        Index("ix_messages_outbox", "contact_id", "direction", "status"),
+        Index("ix_messages_created", "created_at"),
+        Index("ix_messages_pending", "direction", "status", "processed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    direction: Mapped[str] = mapped_column(String(3))  # "in" | "out"
+    type: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str | None] = mapped_column(Text)  # searchable summary (body, caption, button title)
+    payload: Mapped[dict] = mapped_column(JSON)  # full message object as Meta sent it / as we send it
+    phone_number_id: Mapped[str] = mapped_column(String(32))
+    wa_message_id: Mapped[str | None] = mapped_column(String(128))
+    context_wa_id: Mapped[str | None] = mapped_column(String(128))  # message a reply refers to
+    callback_id: Mapped[str | None] = mapped_column(String(36), unique=True)  # biz_opaque_callback_data
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    wa_timestamp: Mapped[datetime | None] = mapped_column(DateTime)
+    received_at: Mapped[float | None] = mapped_column(db.Float)  # epoch seconds the webhook arrived
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime)  # inbound: handled by the flow job
+    flow_session_id: Mapped[int | None] = mapped_column(BigId)
+    origin: Mapped[str | None] = mapped_column(String(16))  # outbound: flow | operator | system
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
+    read_at: Mapped[datetime | None] = mapped_column(DateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_title: Mapped[str | None] = mapped_column(String(512))
+    error_details: Mapped[str | None] = mapped_column(Text)
+
+    contact = relationship("Contact", back_populates="messages")
+
+    @staticmethod
+    def new_callback_id() -> str:
+        return str(uuid.uuid4())
+
+    def to_dict(self) -> dict:
+        stamp = lambda d: d.isoformat() + "Z" if d else None  # noqa: E731
+        return {
+            "id": self.id,
+            "direction": self.direction,
+            "type": self.type,
+            "text": self.text,
+            "payload": self.payload,
+            "wa_message_id": self.wa_message_id,
+            "status": self.status,
+            "created_at": stamp(self.created_at),
+            "status_history": {
+                k: stamp(getattr(self, f"{k}_at"))
+                for k in ("sent", "delivered", "read", "failed", "deleted")
+                if getattr(self, f"{k}_at")
+            },
+            "attempts": self.attempts,
+            "error_code": self.error_code,
+            "error_title": self.error_title,
+            "error_details": self.error_details,
+        }

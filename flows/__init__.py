@@ -1,0 +1,1 @@
+"""Conversation flows: documents, the pure engine, sessions and the flow jobs."""

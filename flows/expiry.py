@@ -1,0 +1,107 @@
+"""Idle flow sessions expire; the user is told (rq-scheduler runs this every 5 minutes).
+
+Set-based and race-safe: each batch is one ``UPDATE ... WHERE status='active'
+AND expires_at <= now RETURNING`` that also bumps the session's version. A flow
+job that loaded the session before the update fails its own versioned update
+and redoes its turn on a fresh conversation; a flow job that committed first
+moved ``expires_at`` forward, so the update skips that session. Either way a
+session is expired once, and the notice row is committed before any reply to a
+newer message, so it is delivered before it (delivery is in row order, under
+the contact's lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from rq import Queue
+from sqlalchemy import func, insert, select, update
+
+from crm import metrics
+from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_settings
+from crm.models import Message, utcnow
+from flows.models import FlowSession
+from flows.store import library_cache
+from integrations.whatsapp import messages as wa
+
+log = logging.getLogger("flows.expiry")
+
+
+def expire_idle_sessions(now=None, batch: int = 1000) -> dict:
+    """End every active session idle past its limit and queue each user's notice."""
+    settings = get_settings()
+    now = now or utcnow()
+    started = time.monotonic()
+    idle_since = now - timedelta(minutes=settings.session_idle_minutes)
+    log.info("[Idle Conversation Cleanup] Running task for conversations idle since %sZ",
+             idle_since.isoformat(timespec="seconds"), extra={"event": "sessions.cleanup_start"})
+    library = library_cache.get()
+    from flows.jobs import expiry_notice
+
+    expired = notices = 0
+    contacts: list[int] = []
+    while True:
+        ids = db.session.execute(
+            select(FlowSession.id).where(FlowSession.status == "active", FlowSession.expires_at <= now)
+            .order_by(FlowSession.expires_at).limit(batch)
+        ).scalars().all()
+        if not ids:
+            break
+        rows = db.session.execute(
+            update(FlowSession)
+            .where(FlowSession.id.in_(ids), FlowSession.status == "active", FlowSession.expires_at <= now)
+            .values(status="expired", end_reason="idle", ended_at=now, expires_at=None,
+                    version=FlowSession.version + 1)
+            .returning(FlowSession.id, FlowSession.contact_id, FlowSession.flow_name)
+            .execution_options(synchronize_session=False)
+        ).all()
+        expired += len(rows)
+        texts = {name: expiry_notice(library, name) for name in {r.flow_name for r in rows}}
+        wanted = [r for r in rows if texts[r.flow_name]]
+        if wanted:
+            numbers = _reply_numbers([r.contact_id for r in wanted]) if wanted else {}
+            payload = [
+                {"contact_id": r.contact_id, "direction": "out", "type": "text", "text": texts[r.flow_name],
+                 "payload": wa.text(texts[r.flow_name][: wa.TEXT_MAX]), "status": "queued", "origin": "expiry",
+                 "phone_number_id": numbers.get(r.contact_id) or settings.whatsapp_phone_number_id,
+                 "callback_id": Message.new_callback_id(), "flow_session_id": r.id, "attempts": 0,
+                 "created_at": now}
+                for r in wanted
+            ]
+            db.session.execute(insert(Message), payload)
+            notices += len(payload)
+            contacts += [r.contact_id for r in wanted]
+        db.session.commit()
+    db_seconds = time.monotonic() - started
+    _wake(contacts)
+    metrics.SESSIONS_EXPIRED.inc(expired)
+    summary = {"expired": expired, "notices": notices, "seconds": round(time.monotonic() - started, 3),
+               "db_seconds": round(db_seconds, 3)}
+    log.info("[Idle Conversation Cleanup] Done: %(expired)d session(s) expired, %(notices)d notice(s) "
+             "queued in %(seconds).3fs", summary, extra={"event": "sessions.cleanup_done"})
+    return summary
+
+
+def _reply_numbers(contact_ids: list[int]) -> dict[int, str]:
+    """The phone number id each contact last wrote to (replies go out from it)."""
+    latest = (select(func.max(Message.id)).where(Message.direction == "in", Message.contact_id.in_(contact_ids))
+              .group_by(Message.contact_id))
+    rows = db.session.execute(select(Message.contact_id, Message.phone_number_id).where(Message.id.in_(latest)))
+    return {r.contact_id: r.phone_number_id for r in rows}
+
+
+def _wake(contact_ids: list[int], chunk: int = 500) -> None:
+    queue = get_queue("default")
+    for i in range(0, len(contact_ids), chunk):
+        queue.enqueue_many([
+            Queue.prepare_data("flows.jobs.run_contact", (cid,), result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+                               description=f"expiry notice for contact {cid}")
+            for cid in contact_ids[i:i + chunk]
+        ])
+
+
+def cleanup_job() -> dict:
+    """The scheduled job (runs inside a worker's app context)."""
+    return expire_idle_sessions()

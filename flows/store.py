@@ -1,0 +1,108 @@
+"""Flows in the database: import (all or nothing), export, and the cached library."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import select
+
+from crm.extensions import db, get_redis
+from crm.models import utcnow
+from flows.document import FlowDoc, FlowError, LoadedFlow, check_library, flow_files, parse_flow
+from flows.engine import Library
+from flows.models import Flow
+
+GENERATION_KEY = "crm:flows:generation"
+CACHE_SECONDS = 30.0  # upper bound on staleness even if the Redis bump was missed
+
+
+def load_files(paths: list[str]) -> list[LoadedFlow]:
+    """Parse every file; raise FlowError with the problems of all files at once."""
+    loaded, problems = [], []
+    files = flow_files(paths)
+    if not files:
+        raise FlowError([f"no .yaml, .yml or .json flow files in {', '.join(paths)}"])
+    for path in files:
+        try:
+            loaded.append(parse_flow(path.read_text(encoding="utf-8"), str(path)))
+        except FlowError as exc:
+            problems += exc.problems
+        except OSError as exc:
+            problems.append(f"{path}: cannot read: {exc.strerror}")
+    names: dict[str, str] = {}
+    for item in loaded:
+        if item.doc.name in names:
+            problems.append(f"{item.path}: flow name {item.doc.name!r} is also used by {names[item.doc.name]}")
+        names[item.doc.name] = item.path
+    if problems:
+        raise FlowError(problems)
+    return loaded
+
+
+def import_flows(loaded: list[LoadedFlow]) -> list[tuple[str, int, str]]:
+    """Upsert by name in one transaction. Returns (name, version, 'created'|'updated'|'unchanged')."""
+    existing = {f.name: f for f in db.session.execute(select(Flow)).scalars()}
+    incoming = {item.doc.name: item.doc for item in loaded}
+    library = [FlowDoc.model_validate(f.document) for n, f in existing.items() if n not in incoming and f.active]
+    problems = check_library(library + list(incoming.values()))
+    if problems:
+        raise FlowError(problems)
+    results = []
+    now = utcnow()
+    for item in loaded:
+        doc = item.doc.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        row = existing.get(item.doc.name)
+        if row is None:
+            db.session.add(Flow(name=item.doc.name, version=1, active=True, document=doc, source=item.source,
+                                source_format=item.source_format, created_at=now, updated_at=now))
+            results.append((item.doc.name, 1, "created"))
+        elif row.source == item.source and row.active:
+            results.append((row.name, row.version, "unchanged"))
+        else:
+            if row.source != item.source:
+                row.version += 1
+            row.document, row.source, row.source_format = doc, item.source, item.source_format
+            row.active, row.updated_at = True, now
+            results.append((row.name, row.version, "updated"))
+    db.session.commit()
+    bump_generation()
+    return results
+
+
+def bump_generation() -> None:
+    try:
+        get_redis().incr(GENERATION_KEY)
+    except Exception:  # noqa: BLE001 - the cache also expires by time
+        pass
+
+
+class LibraryCache:
+    """Parsed active flows, per process. Reloaded when the generation counter moves."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._library: Library | None = None
+        self._generation: bytes | None = None
+        self._loaded_at = 0.0
+
+    def get(self) -> Library:
+        try:
+            generation = get_redis().get(GENERATION_KEY)
+        except Exception:  # noqa: BLE001
+            generation = self._generation
+        fresh = time.monotonic() - self._loaded_at < CACHE_SECONDS
+        if self._library is not None and generation == self._generation and fresh:
+            return self._library
+        with self._lock:
+            rows = db.session.execute(select(Flow).where(Flow.active.is_(True))).scalars().all()
+            docs = [FlowDoc.model_validate(r.document) for r in rows]
+            self._library = Library(docs, {r.name: r.version for r in rows})
+            self._generation, self._loaded_at = generation, time.monotonic()
+            return self._library
+
+    def clear(self) -> None:
+        self._library = None
+
+
+library_cache = LibraryCache()

@@ -1,0 +1,1 @@
+"""WhatsApp Cloud API: message builders, the Graph client, webhook parsing and intake."""

@@ -1,0 +1,109 @@
+"""The Graph API client: one keep-alive ``requests.Session`` per process.
+
+The client sends one request and classifies the answer. It never retries by
+itself: whether a resend is safe is decided by the delivery code, which knows
+whether Meta may already have accepted the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import requests
+
+log = logging.getLogger(__name__)
+
+# Meta's throttling / temporary codes (https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes)
+RETRYABLE_CODES = {1, 2, 4, 80007, 130429, 131048, 131056, 133016}
+
+
+@dataclass(frozen=True)
+class SendResult:
+    ok: bool
+    wa_message_id: str | None = None
+    http_status: int | None = None
+    error_code: int | None = None
+    error_title: str | None = None
+    error_details: str | None = None
+    retryable: bool = False
+    # True when the request may have reached Meta but we never saw the answer
+    # (read timeout): a resend could duplicate the message.
+    outcome_unknown: bool = False
+
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """One session per process (and per thread): re-created after a fork."""
+    pid = os.getpid()
+    session = getattr(_local, "session", None)
+    if session is None or getattr(_local, "pid", None) != pid:
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        _local.session, _local.pid = session, pid
+    return session
+
+
+def classify_error(http_status: int, body: dict | None) -> SendResult:
+    error = (body or {}).get("error") or {}
+    code = error.get("code")
+    try:
+        code = int(code) if code is not None else None
+    except (TypeError, ValueError):
+        code = None
+    details = (error.get("error_data") or {}).get("details") or error.get("message")
+    title = error.get("title") or error.get("message") or f"HTTP {http_status}"
+    retryable = http_status == 429 or http_status >= 500 or code in RETRYABLE_CODES
+    return SendResult(ok=False, http_status=http_status, error_code=code, error_title=title[:512],
+                      error_details=details, retryable=retryable)
+
+
+class WhatsAppClient:
+    def __init__(self, settings):
+        self.base = f"{settings.whatsapp_api_url}/{settings.whatsapp_api_version}"
+        self.token = settings.whatsapp_access_token
+        self.timeout = (settings.whatsapp_connect_timeout, settings.whatsapp_read_timeout)
+        self.default_phone_number_id = settings.whatsapp_phone_number_id
+
+    def _post(self, phone_number_id: str, body: dict) -> SendResult:
+        url = f"{self.base}/{phone_number_id or self.default_phone_number_id}/messages"
+        headers = {"Authorization": f"Bearer {self.token}"}
+        try:
+            response = _session().post(url, json=body, headers=headers, timeout=self.timeout)
+        except requests.ConnectTimeout:
+            return SendResult(ok=False, error_title="connect timeout", retryable=True)
+        except requests.ConnectionError as exc:
+            # The request may have been written before the connection broke.
+            unknown = "RemoteDisconnected" in str(exc) or "Connection aborted" in str(exc)
+            return SendResult(ok=False, error_title="connection error", retryable=True,
+                              outcome_unknown=unknown)
+        except requests.Timeout:
+            return SendResult(ok=False, error_title="read timeout", retryable=True, outcome_unknown=True)
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code == 200:
+            messages = (data or {}).get("messages") or [{}]
+            return SendResult(ok=True, http_status=200, wa_message_id=messages[0].get("id"))
+        return classify_error(response.status_code, data)
+
+    def send(self, phone_number_id: str, to: str, message: dict,
+             callback_id: str | None = None) -> SendResult:
+        body = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, **message}
+        if callback_id:
+            # Meta echoes this in status webhooks: it tells us a message was
+            # accepted even when its HTTP answer was lost.
+            body["biz_opaque_callback_data"] = callback_id
+        return self._post(phone_number_id, body)
+
+    def mark_read(self, phone_number_id: str, wa_message_id: str, typing: bool = True) -> SendResult:
+        from integrations.whatsapp.messages import mark_read
+
+        return self._post(phone_number_id, mark_read(wa_message_id, typing))

@@ -1,0 +1,85 @@
+"""``GET|POST /webhooks/whatsapp``: Meta's verification handshake and event intake.
+
+POST order: signature on the raw body, then JSON, then shape. Only a failure to
+*store* an event answers 5xx (Meta re-delivers it); anything we can read but do
+not understand answers 200 with a warning in the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+
+from flask import Blueprint, abort, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from crm.extensions import get_settings
+from crm.intake import store_inbound, store_statuses
+from integrations.whatsapp.inbound import parse_webhook
+
+log = logging.getLogger(__name__)
+bp = Blueprint("whatsapp_webhook", __name__)
+
+MAX_BODY = 1024 * 1024
+
+
+def valid_signature(secret: str, body: bytes, header: str | None) -> bool:
+    if not header or not header.startswith("sha256="):
+        return False
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header[len("sha256="):].strip())
+
+
+@bp.get("/webhooks/whatsapp")
+def verify():
+    settings = get_settings()
+    token = request.args.get("hub.verify_token", "")
+    if (request.args.get("hub.mode") == "subscribe" and settings.whatsapp_verify_token
+            and hmac.compare_digest(token.encode(), settings.whatsapp_verify_token.encode())):
+        return request.args.get("hub.challenge", ""), 200, {"Content-Type": "text/plain"}
+    log.warning("webhook verification refused", extra={"event": "webhook.verify_refused"})
+    return "forbidden", 403, {"Content-Type": "text/plain"}
+
+
+@bp.post("/webhooks/whatsapp")
+def receive():
+    received_at = time.time()
+    settings = get_settings()
+    if not settings.whatsapp_app_secret:
+        log.error("webhook POST refused: set WHATSAPP_APP_SECRET to accept Meta's webhooks",
+                  extra={"event": "webhook.no_secret"})
+        return {"error": "webhook secret not configured"}, 503
+    if (request.content_length or 0) > MAX_BODY:
+        return {"error": "payload too large"}, 413
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        return {"error": "payload too large"}, 413
+    if len(body) > MAX_BODY:
+        return {"error": "payload too large"}, 413
+    if not valid_signature(settings.whatsapp_app_secret, body, request.headers.get("X-Hub-Signature-256")):
+        log.warning("webhook signature missing or wrong", extra={"event": "webhook.bad_signature"})
+        return {"error": "invalid signature"}, 401
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        log.warning("webhook body is not JSON", extra={"event": "webhook.bad_json"})
+        return {"error": "body is not JSON"}, 400
+
+    parsed = parse_webhook(payload)
+    for warning in parsed.warnings:
+        log.warning("webhook: %s", warning, extra={"event": "webhook.unexpected_shape"})
+    try:
+        stored = store_inbound(parsed.messages, received_at)
+        store_statuses(parsed.statuses)
+    except Exception:  # database or Redis down: make Meta re-deliver
+        log.exception("webhook event could not be stored", extra={"event": "webhook.store_failed"})
+        abort(503)
+    from crm import metrics
+
+    metrics.webhook_processed(len(parsed.messages), sum(1 for s in stored if s.new),
+                              len(parsed.statuses))
+    return {"status": "ok"}, 200

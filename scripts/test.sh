@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Command 2: install everything and run the whole test suite.
+# Tests start their own redis-server on a free port (never touching your data) and use
+# SQLite; when PostgreSQL answers at TEST_POSTGRES_URL (default
+# postgresql://postgres@127.0.0.1:5432/test) the database tests also run on it.
+source "$(dirname "$0")/_common.sh"
+ensure_venv requirements-dev.txt
+ensure_redis_server_binary || { echo "error: the tests need redis-server: apt-get install redis-server"; exit 1; }
+ruff check .
+set +e
+python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" = 5 ]; then echo "pytest collected no tests"; exit 0; fi
+exit "$status"
