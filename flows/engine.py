@@ -183,13 +183,15 @@ class Renderer:
     """Renders template *sources* from flow documents, once. Values typed by users
     are data in the context and are never compiled as templates."""
 
-    def __init__(self, contact: dict, session: Session, errors: list[Effect]):
+    def __init__(self, contact: dict, session: Session, errors: list[Effect], message: dict | None = None):
         self.contact, self.session, self.errors = contact, session, errors
+        self.message = message or {}
 
     def __call__(self, source: str) -> str:
         if "{" not in source:
             return source
-        context = {**self.session.vars, "vars": self.session.vars, "contact": self.contact}
+        context = {**self.session.vars, "vars": self.session.vars, "contact": self.contact,
+                   "message": self.message}
         try:
             return _compile(source).render(context)
         except Exception as exc:  # noqa: BLE001 - a template bug must not kill the turn
@@ -216,7 +218,8 @@ class _Run:
                                dict(session.waiting) if session.waiting else None, session.flow_version)
         self.contact = {**contact, "fields": dict(contact.get("fields") or {})}
         self.turn = Turn(self.session)
-        self.render = Renderer(self.contact, self.session, self.turn.effects)
+        self.render = Renderer(self.contact, self.session, self.turn.effects,
+                               {"text": inbound.text, "type": inbound.type, "reply_id": inbound.reply_id})
 
     # outputs
     def say(self, message: dict) -> None:
