@@ -48,7 +48,8 @@ def configure_logging(level: str) -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    root.handlers = [handler]
+    # Replace plain console handlers (e.g. from basicConfig); keep others (pytest's capture).
+    root.handlers = [h for h in root.handlers if type(h) is not logging.StreamHandler] + [handler]
     root.setLevel(level)
     # urllib3 logs full URLs; the football API key travels in the query string.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
