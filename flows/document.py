@@ -504,7 +504,9 @@ def parse_flow(text: str, filename: str = "<flow>") -> LoadedFlow:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field"
-            where = tuple(err["loc"]) if err["type"] == "extra_forbidden" else path
+            where = path
+            if err["type"] == "extra_forbidden":  # the unknown key itself is not in the model
+                where = _where(data, tuple(err["loc"])[:-1], lines)[0] + (err["loc"][-1],)
             problems.append(f"{filename}:{line or 1}: {_describe(data, where)}: {msg}")
         raise FlowError(problems) from None
     problems = []
