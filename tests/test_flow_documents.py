@@ -94,6 +94,7 @@ def test_validate_command(app, tmp_path):
 
 def test_two_catch_all_flows_refused(app, tmp_path):
     for n in ("a", "b"):
-        (tmp_path / f"{n}.yaml").write_text(f"name: {n}\ntriggers: {{catch_all: true}}\nsteps: [{{id: s, type: end}}]\n")
+        doc = f"name: {n}\ntriggers: {{catch_all: true}}\nsteps: [{{id: s, type: end}}]\n"
+        (tmp_path / f"{n}.yaml").write_text(doc)
     result = app.test_cli_runner().invoke(args=["flows", "import", str(tmp_path)])
     assert result.exit_code != 0 and "more than one catch-all" in result.output
