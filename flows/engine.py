@@ -113,6 +113,15 @@ class Library:
             for reply_id in f.triggers.reply_ids:
                 self.reply_ids.setdefault(reply_id, f)
         self.catch_all = next((f for f in ordered if f.triggers.catch_all), None)
+        # Plain dicts: pydantic's private attributes are slow to read on every step.
+        self.steps = {f.name: {s.id: s for s in f.steps} for f in flows}
+        self.follow = {f.name: {a.id: b.id for a, b in zip(f.steps, f.steps[1:], strict=False)} for f in flows}
+
+    def next_of(self, flow: d.FlowDoc, step) -> str | None:
+        """Where a step goes when it does not say: the following step in the list."""
+        if not isinstance(step, d.FALLS_THROUGH):
+            return None
+        return step.next or self.follow[flow.name].get(step.id)
 
     def match(self, norm: str | None, reply_id: str | None) -> d.FlowDoc | None:
         if reply_id and reply_id in self.reply_ids:
@@ -264,7 +273,7 @@ class _Run:
                 return self.start(self.library.flows[settings.main_menu_flow], "restarted")
         if s.status == "active" and s.flow in self.library.flows:
             flow = self.library.flows[s.flow]
-            step = flow._index.get(s.step)
+            step = self.library.steps[flow.name].get(s.step)
             if isinstance(step, d.QuestionStep):
                 trigger = self.library.match(None, inbound.reply_id) if inbound.reply_id else None
                 if trigger is not None and not self._matches_option(flow, step):
@@ -296,12 +305,12 @@ class _Run:
             if step_id is None:
                 self.end("completed")
                 return
-            step = flow._index[step_id]
+            step = self.library.steps[flow.name][step_id]
             s.step = step_id
             if isinstance(step, d.SendStep):
                 for msg in step.messages:
                     self._send_spec(msg)
-                step_id = flow.next_of(step)
+                step_id = self.library.next_of(flow, step)
             elif isinstance(step, d.QuestionStep):
                 s.waiting = {"attempts": 0, "page": 0}
                 self.ask(step)
@@ -313,7 +322,7 @@ class _Run:
                     rendered = self.render.value(value)
                     self.contact["fields"][name] = rendered
                     self.turn.effects.append(Effect("set_contact_field", {"name": name, "value": rendered}))
-                step_id = flow.next_of(step)
+                step_id = self.library.next_of(flow, step)
             elif isinstance(step, d.RouteStep):
                 step_id = next((c.next for c in step.cases if self.holds(c.when)), step.default)
             elif isinstance(step, d.ActionStep):
@@ -354,14 +363,14 @@ class _Run:
             self.turn.effects.append(Effect("error", {"action": step.action, "error": str(exc)}))
             if step.save_as:
                 self.session.vars[step.save_as] = None
-            return step.on_error or flow.next_of(step)
+            return step.on_error or self.library.next_of(flow, step)
         if isinstance(result, dict) and "contact_fields" in result:
             for name, value in result.pop("contact_fields").items():
                 self.contact["fields"][name] = value
                 self.turn.effects.append(Effect("set_contact_field", {"name": name, "value": value}))
         if step.save_as:
             self.session.vars[step.save_as] = result
-        return flow.next_of(step)
+        return self.library.next_of(flow, step)
 
     # questions
     def options(self, step: d.QuestionStep) -> list[dict]:
@@ -423,7 +432,7 @@ class _Run:
                 if chosen is not None:
                     s.vars[f"{step.save_as}_title"] = chosen["title"]
             s.waiting = None
-            self.run(flow, (chosen or {}).get("next") or flow.next_of(step))
+            self.run(flow, (chosen or {}).get("next") or self.library.next_of(flow, step))
             return
         s.waiting["attempts"] = s.waiting.get("attempts", 0) + 1
         if s.waiting["attempts"] >= step.max_attempts:
