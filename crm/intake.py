@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from rq.exceptions import DuplicateJobError
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 
 from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_redis
 from crm.models import STATUS_RANK, Contact, Message, utcnow
@@ -180,14 +180,3 @@ def store_statuses(statuses: list[StatusUpdate]) -> int:
         db.session.rollback()
         raise
     return matched
-
-
-def count_unprocessed(contact_id: int) -> int:
-    return db.session.execute(
-        select(func.count()).select_from(Message).where(
-            Message.contact_id == contact_id, Message.direction == "in", Message.processed_at.is_(None))
-    ).scalar_one()
-
-
-def touch_contact(contact_id: int, **changes) -> None:
-    db.session.execute(update(Contact).where(Contact.id == contact_id).values(**changes))

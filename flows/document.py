@@ -266,9 +266,6 @@ class FlowDoc(Strict):
     def start_step(self) -> str:
         return self.start or self.steps[0].id
 
-    def step(self, step_id: str):
-        return self._index[step_id]
-
     def model_post_init(self, _context) -> None:
         self._index = {s.id: s for s in self.steps}
         self._follow = {a.id: b.id for a, b in zip(self.steps, self.steps[1:], strict=False)}
