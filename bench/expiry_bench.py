@@ -63,7 +63,8 @@ def main() -> None:
         started = time.perf_counter()
         summary = expire_idle_sessions(now=now)
         total = time.perf_counter() - started
-    print(f"{db.engine.dialect.name}: {summary['expired']} sessions expired, {summary['notices']} notices; "
+        dialect = db.engine.dialect.name
+    print(f"{dialect}: {summary['expired']} sessions expired, {summary['notices']} notices; "
           f"database time {summary['db_seconds']:.1f} s, total with enqueueing {total:.1f} s")
 
 
