@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from integrations.whatsapp import messages as wa
 
@@ -240,6 +240,13 @@ Step = Annotated[
 FALLS_THROUGH = (SendStep, QuestionStep, SetStep, ActionStep)
 
 
+def next_step(step, follow: dict[str, str]) -> str | None:
+    """Where a step goes when it does not say: the following step in the list."""
+    if not isinstance(step, FALLS_THROUGH):
+        return None
+    return step.next or follow.get(step.id)
+
+
 class Triggers(Strict):
     keywords: list[str] = Field(default_factory=list)
     reply_ids: list[str] = Field(default_factory=list)
@@ -259,22 +266,13 @@ class FlowDoc(Strict):
     settings: FlowSettings = Field(default_factory=FlowSettings)
     start: str | None = None
     steps: list[Step] = Field(min_length=1)
-    _index: dict = PrivateAttr(default_factory=dict)
-    _follow: dict = PrivateAttr(default_factory=dict)
-
     @property
     def start_step(self) -> str:
         return self.start or self.steps[0].id
 
-    def model_post_init(self, _context) -> None:
-        self._index = {s.id: s for s in self.steps}
-        self._follow = {a.id: b.id for a, b in zip(self.steps, self.steps[1:], strict=False)}
-
-    def next_of(self, step) -> str | None:
-        """Where a step goes when it does not say: the following step in the list."""
-        if not isinstance(step, FALLS_THROUGH):
-            return None
-        return step.next or self._follow.get(step.id)
+    def follow(self) -> dict[str, str]:
+        """Each step id mapped to the id of the step after it in the list."""
+        return {a.id: b.id for a, b in zip(self.steps, self.steps[1:], strict=False)}
 
     @property
     def expired_message(self):
@@ -359,9 +357,10 @@ def semantic_problems(doc: FlowDoc) -> list[tuple[tuple, str]]:
     if doc.start and doc.start not in ids:
         problems.append((("start",), f"unknown step {doc.start!r}"))
     graph: dict[str, list[str]] = {}
+    follow = doc.follow()
     for i, step in enumerate(doc.steps):
         graph.setdefault(step.id, [])
-        implicit = doc.next_of(step)
+        implicit = next_step(step, follow)
         if implicit and not getattr(step, "next", None):
             graph[step.id].append(implicit)
         for path, target in _targets(step):

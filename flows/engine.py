@@ -115,13 +115,10 @@ class Library:
         self.catch_all = next((f for f in ordered if f.triggers.catch_all), None)
         # Plain dicts: pydantic's private attributes are slow to read on every step.
         self.steps = {f.name: {s.id: s for s in f.steps} for f in flows}
-        self.follow = {f.name: {a.id: b.id for a, b in zip(f.steps, f.steps[1:], strict=False)} for f in flows}
+        self.follow = {f.name: f.follow() for f in flows}
 
     def next_of(self, flow: d.FlowDoc, step) -> str | None:
-        """Where a step goes when it does not say: the following step in the list."""
-        if not isinstance(step, d.FALLS_THROUGH):
-            return None
-        return step.next or self.follow[flow.name].get(step.id)
+        return d.next_step(step, self.follow[flow.name])
 
     def match(self, norm: str | None, reply_id: str | None) -> d.FlowDoc | None:
         if reply_id and reply_id in self.reply_ids:
