@@ -29,10 +29,8 @@ def schedules(settings) -> list[dict]:
         {"id": f"{PREFIX}recover-stalled", "cron": "* * * * *",
          "func": "flows.jobs.recover_stalled", "queue": "default", "timeout": 120},
     ]
-    try:
-        from football.jobs import schedules as football_schedules
-    except ImportError:
-        return specs
+    from football.jobs import schedules as football_schedules
+
     return specs + football_schedules(settings, PREFIX)
 
 

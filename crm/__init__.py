@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Import every model so that Alembic and the app see the whole schema.
     import crm.models  # noqa: F401
     import flows.models  # noqa: F401
+    import football.models  # noqa: F401
     from crm.health import bp as health_bp
     from integrations.whatsapp.webhook import bp as webhook_bp
 
@@ -52,4 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.cli.add_command(flows_cli)
     app.cli.add_command(sessions_cli)
+    from football.cli import football_cli
+
+    app.cli.add_command(football_cli)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
@@ -65,6 +66,13 @@ class Settings:
     apifootball_key: str = ""
     apifootball_rate_per_minute: int = 60
     football_leagues: tuple[str, ...] = ()
+    football_days_ahead: int = 7
+    football_results_days: int = 2
+    football_upcoming_cron: str = "*/15 * * * *"
+    football_live_cron: str = "*/2 * * * *"
+    football_results_cron: str = "*/30 * * * *"
+    football_display_timezone: str = "UTC"
+    football_result_template: str = ""
     operator_api_tokens: tuple[str, ...] = ()
     log_level: str = "INFO"
 
@@ -98,9 +106,18 @@ class Settings:
         if not database_url.startswith(("sqlite", "postgresql")):
             raise ConfigError("DATABASE_URL must be a sqlite:// or postgres(ql):// URL")
 
-        cron = get("SESSION_CLEANUP_CRON") or "*/5 * * * *"
-        if not croniter.is_valid(cron):
-            raise ConfigError(f"SESSION_CLEANUP_CRON={cron!r} is not a valid cron expression")
+        def cron_string(name: str, default: str) -> str:
+            value = get(name) or default
+            if not croniter.is_valid(value):
+                raise ConfigError(f"{name}={value!r} is not a valid cron expression")
+            return value
+
+        cron = cron_string("SESSION_CLEANUP_CRON", "*/5 * * * *")
+        display_tz = get("FOOTBALL_DISPLAY_TIMEZONE") or "UTC"
+        try:
+            ZoneInfo(display_tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"FOOTBALL_DISPLAY_TIMEZONE={display_tz!r} is not a known time zone") from None
 
         idle = number("SESSION_IDLE_MINUTES", 15.0)
         if idle <= 0:
@@ -138,6 +155,13 @@ class Settings:
             apifootball_key=get("APIFOOTBALL_KEY"),
             apifootball_rate_per_minute=number("APIFOOTBALL_RATE_PER_MINUTE", 60, kind=int, minimum=1),
             football_leagues=tuple(x for x in _words(env.get("FOOTBALL_LEAGUES", ""))),
+            football_days_ahead=number("FOOTBALL_DAYS_AHEAD", 7, kind=int, minimum=1),
+            football_results_days=number("FOOTBALL_RESULTS_DAYS", 2, kind=int, minimum=1),
+            football_upcoming_cron=cron_string("FOOTBALL_UPCOMING_CRON", "*/15 * * * *"),
+            football_live_cron=cron_string("FOOTBALL_LIVE_CRON", "*/2 * * * *"),
+            football_results_cron=cron_string("FOOTBALL_RESULTS_CRON", "*/30 * * * *"),
+            football_display_timezone=display_tz,
+            football_result_template=get("FOOTBALL_RESULT_TEMPLATE"),
             operator_api_tokens=tuple(t.strip() for t in env.get("OPERATOR_API_TOKENS", "").split(",") if t.strip()),
             log_level=level,
         )

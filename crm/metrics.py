@@ -22,3 +22,9 @@ def webhook_processed(messages: int, new: int, statuses: int) -> None:
         WEBHOOK_EVENTS.labels("message", "duplicate").inc(messages - new)
     if statuses:
         WEBHOOK_EVENTS.labels("status", "stored").inc(statuses)
+FOOTBALL_SYNC_SECONDS = Histogram(
+    "crm_football_sync_seconds", "Football sync stage durations", ["stage"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+)
+FOOTBALL_API_CALLS = Counter("crm_football_api_calls_total", "APIFootball requests by action and outcome",
+                             ["action", "outcome"])

@@ -20,8 +20,5 @@ def action(name: str):
 
 
 def registry() -> dict[str, Callable]:
-    try:
-        import football.actions  # noqa: F401 - registers the football actions
-    except ImportError:
-        pass
+    import football.actions  # noqa: F401 - registers the football actions
     return dict(_ACTIONS)

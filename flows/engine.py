@@ -372,7 +372,7 @@ class _Run:
     # questions
     def options(self, step: d.QuestionStep) -> list[dict]:
         if step.options_from:
-            raw = self.session.vars.get(step.options_from) or []
+            raw = _lookup(self.session.vars, step.options_from) or []
             out = []
             for item in raw if isinstance(raw, list) else []:
                 if isinstance(item, dict) and item.get("id") is not None and item.get("title"):

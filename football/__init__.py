@@ -1,0 +1,1 @@
+"""Football data: models, APIFootball sync jobs (queue ``low``) and flow actions."""

@@ -1,0 +1,243 @@
+"""Store what APIFootball returns: upserts in place, in short transactions.
+
+Each stage makes one date-window call (not one per league or fixture), filters
+by the league allow-list, and upserts leagues, teams, fixtures and odds keyed
+by the provider's ids with ``INSERT ... ON CONFLICT DO UPDATE``. Commits come
+every ``CHUNK`` rows so that on SQLite the write lock is never held long
+enough to hold a reply back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import case, or_, select
+
+from crm.extensions import db
+from crm.intake import dialect_insert
+from crm.models import utcnow
+from football import parse
+from football.models import Fixture, League, Odds, Team
+from integrations.apifootball import APIFootballClient
+
+log = logging.getLogger(__name__)
+CHUNK = 500
+LIVE_WINDOW = timedelta(hours=3)  # a fixture that kicked off less than this ago may still be on
+DUE_AHEAD = timedelta(minutes=5)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    fetched: int = 0
+    upserted: int = 0
+    skipped: int = 0
+    calls: int = 0
+    seconds: float = 0.0
+    finished: list[int] = field(default_factory=list)  # fixtures seen finishing in this stage
+
+    def line(self) -> str:
+        return (f"{self.stage}: {self.fetched} fetched, {self.upserted} upserted, {self.skipped} skipped, "
+                f"{self.calls} API call(s), {self.seconds:.1f} s")
+
+
+class LeagueFilter:
+    """``FOOTBALL_LEAGUES``: provider league ids or names; empty = everything the plan returns."""
+
+    def __init__(self, allowed: Iterable[str]):
+        self.allowed = {a.casefold() for a in allowed}
+
+    def __call__(self, league_id, league_name) -> bool:
+        if not self.allowed:
+            return True
+        return str(league_id).casefold() in self.allowed or str(league_name or "").casefold() in self.allowed
+
+
+def _chunks(rows: list, size: int = CHUNK):
+    for i in range(0, len(rows), size):
+        yield rows[i:i + size]
+
+
+def _upsert(model, rows: list[dict], keys: list[str], extra_set: Callable | None = None) -> None:
+    """Insert or update ``rows`` by ``keys``; ``extra_set(excluded)`` overrides some SET expressions."""
+    if not rows:
+        return
+    stmt = dialect_insert(model)
+    update = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+    update.update(extra_set(stmt.excluded) if extra_set else {})
+    db.session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), rows)
+
+
+def _ids(model, provider_ids: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for chunk in _chunks(sorted(set(provider_ids))):
+        out.update(db.session.execute(
+            select(model.provider_id, model.id).where(model.provider_id.in_(chunk))).all())
+    return out
+
+
+class Sync:
+    def __init__(self, client: APIFootballClient, leagues: Iterable[str] = (), tz: str = "UTC",
+                 progress: Callable[[str], None] | None = None, now: Callable[[], datetime] = utcnow):
+        self.client, self.allowed, self.tz = client, LeagueFilter(leagues), tz
+        self.progress, self.now = progress, now
+
+    def _run(self, stage: str, fn) -> StageResult:
+        from crm import metrics
+
+        result = StageResult(stage)
+        calls, started = self.client.calls, time.perf_counter()
+        try:
+            fn(result)
+        finally:
+            db.session.rollback()  # nothing half-written survives a failure; committed chunks stay
+            result.calls = self.client.calls - calls
+            result.seconds = time.perf_counter() - started
+            metrics.FOOTBALL_SYNC_SECONDS.labels(stage).observe(result.seconds)
+        log.info("football sync %s", result.line(), extra={"event": "football.sync", "stage": stage,
+                                                            "fetched": result.fetched, "upserted": result.upserted,
+                                                            "calls": result.calls, "ms": round(result.seconds * 1000)})
+        if self.progress:
+            self.progress(result.line())
+        return result
+
+    # -- stages ---------------------------------------------------------------------------
+    def leagues(self) -> StageResult:
+        def work(result: StageResult) -> None:
+            rows = self.client.leagues()
+            result.fetched = len(rows)
+            parsed = {}
+            for row in rows:
+                league = parse.parse_league(row)
+                if league is None or not self.allowed(league["provider_id"], league["name"]):
+                    result.skipped += 1
+                    continue
+                parsed[league["provider_id"]] = {**league, "updated_at": self.now()}
+            for chunk in _chunks(list(parsed.values())):
+                _upsert(League, chunk, ["provider_id"])
+                db.session.commit()
+            result.upserted = len(parsed)
+
+        return self._run("leagues", work)
+
+    def events(self, start: date, end: date, live: bool = False, stage: str = "fixtures") -> StageResult:
+        def work(result: StageResult) -> None:
+            rows = self.client.events(start, end, live=live)
+            result.fetched = len(rows)
+            self.store_events(rows, result)
+
+        return self._run(stage, work)
+
+    def store_events(self, rows: list[dict], result: StageResult) -> None:
+        now = self.now()
+        leagues, teams, fixtures, refs = {}, {}, {}, {}
+        for row in rows:
+            event = parse.parse_event(row, self.tz)
+            if event is None or not self.allowed(event["league"]["provider_id"], event["league"]["name"]):
+                result.skipped += 1
+                continue
+            leagues[event["league"]["provider_id"]] = {**event["league"], "updated_at": now}
+            for side in ("home", "away"):
+                teams[event[side]["provider_id"]] = {**event[side], "updated_at": now}
+            fixture = event["fixture"]
+            fixtures[fixture["provider_id"]] = fixture
+            refs[fixture["provider_id"]] = (event["league"]["provider_id"], event["home"]["provider_id"],
+                                            event["away"]["provider_id"])
+        for chunk in _chunks(list(leagues.values())):
+            _upsert(League, chunk, ["provider_id"])
+        for chunk in _chunks(list(teams.values())):
+            _upsert(Team, chunk, ["provider_id"])
+        db.session.commit()
+        league_ids, team_ids = _ids(League, leagues), _ids(Team, teams)
+        before = _ids_status(fixtures)
+        rows_out = []
+        for pid, fixture in fixtures.items():
+            league, home, away = refs[pid]
+            ended = fixture["status"] in parse.ENDED
+            rows_out.append({**fixture, "league_id": league_ids[league], "home_team_id": team_ids[home],
+                             "away_team_id": team_ids[away], "updated_at": now,
+                             "finished_at": now if ended else None})
+
+        def keep_first_finish(excluded) -> dict:  # finished_at: when we first saw the final whistle
+            return {"finished_at": case((Fixture.finished_at.is_not(None), Fixture.finished_at),
+                                        else_=excluded.finished_at)}
+
+        for chunk in _chunks(rows_out):
+            _upsert(Fixture, chunk, ["provider_id"], keep_first_finish)
+            db.session.commit()
+        result.upserted += len(rows_out)
+        newly = [pid for pid, f in fixtures.items()
+                 if f["status"] in parse.ENDED and before.get(pid) not in parse.ENDED]
+        result.finished.extend(_ids(Fixture, newly).values())
+
+    def odds(self, start: date, end: date) -> StageResult:
+        def work(result: StageResult) -> None:
+            rows = self.client.odds(start, end)
+            result.fetched = len(rows)
+            fixture_ids = _ids(Fixture, {str(r.get("match_id") or "") for r in rows})
+            now, prices = self.now(), {}
+            for row in rows:
+                fixture_id = fixture_ids.get(str(row.get("match_id") or ""))
+                parsed = parse.parse_odds(row)
+                if fixture_id is None or not parsed:
+                    result.skipped += 1  # a fixture outside the allow-list, or a row with no prices
+                    continue
+                for bookmaker, market, selection, price in parsed:
+                    prices[(fixture_id, bookmaker, market, selection)] = {
+                        "fixture_id": fixture_id, "bookmaker": bookmaker, "market": market,
+                        "selection": selection, "price": price, "updated_at": now}
+            for chunk in _chunks(list(prices.values())):
+                _upsert(Odds, chunk, ["fixture_id", "bookmaker", "market", "selection"])
+                db.session.commit()
+            result.upserted = len(prices)
+
+        return self._run("odds", work)
+
+    # -- what the jobs run ----------------------------------------------------------------
+    def upcoming(self, days: int) -> list[StageResult]:
+        today = self.now().date()
+        return [self.events(today, today + timedelta(days=days)), self.odds(today, today + timedelta(days=days))]
+
+    def results(self, days: int) -> StageResult:
+        today = self.now().date()
+        return self.events(today - timedelta(days=days), today, stage="results")
+
+    def live(self) -> list[StageResult]:
+        """Live scores, only when a fixture is live or due; settles fixtures that left the live list."""
+        now = self.now()
+        if not live_or_due(now):
+            return []
+        out = [self.events(now.date() - timedelta(days=1), now.date(), live=True, stage="live")]
+        live_ids = set(_ids_status_from_db(now))
+        if live_ids:  # still 'live' here but no longer in the live answer: finished (or stopped)
+            out.append(self.events(now.date() - timedelta(days=1), now.date(), stage="live-settle"))
+        return out
+
+
+def _ids_status(fixtures: dict) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for chunk in _chunks(list(fixtures)):
+        out.update(db.session.execute(
+            select(Fixture.provider_id, Fixture.status).where(Fixture.provider_id.in_(chunk))).all())
+    return out
+
+
+def live_or_due(now: datetime) -> bool:
+    return db.session.execute(
+        select(Fixture.id).where(or_(
+            Fixture.status == parse.LIVE,
+            (Fixture.status == parse.SCHEDULED) & (Fixture.kickoff_at <= now + DUE_AHEAD)
+            & (Fixture.kickoff_at >= now - LIVE_WINDOW),
+        )).limit(1)
+    ).first() is not None
+
+
+def _ids_status_from_db(now: datetime) -> list[str]:
+    """Fixtures stored as live whose last update is older than this live pass."""
+    return list(db.session.execute(
+        select(Fixture.provider_id).where(Fixture.status == parse.LIVE, Fixture.updated_at < now)
+    ).scalars())
