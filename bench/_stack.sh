@@ -15,6 +15,8 @@ import os, redis; redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
 PY
 flask --app wsgi db upgrade >/dev/null 2>&1
 flask --app wsgi flows import flows/examples bench/two.yaml >/dev/null
+export PROMETHEUS_MULTIPROC_DIR=/tmp/crm_bench_prometheus
+rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 honcho start -f Procfile -c worker="${WORKER_PROCESSES:-2}" web worker football scheduler >/tmp/crm_bench_honcho.log 2>&1 &
 STACK=$!
 trap 'kill $STACK ${EXTRA_PIDS:-} 2>/dev/null; wait $STACK 2>/dev/null' EXIT

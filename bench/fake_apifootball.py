@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 
 def build(fixtures: int, bookmakers: int) -> tuple[list, list, list]:
-    start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
     leagues = [{"league_id": str(100 + i), "league_name": f"League {i}", "country_name": "Benchland",
                 "league_season": "2026/2027", "league_logo": ""} for i in range(20)]
     events, odds = [], []

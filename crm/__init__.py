@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.whatsapp_app_secret,
         settings.whatsapp_verify_token,
         settings.apifootball_key,
+        settings.rq_dashboard_password,
         *settings.operator_api_tokens,
     )
 
@@ -48,6 +49,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(health_bp)
     app.register_blueprint(webhook_bp)
+    from crm.api import bp as api_bp
+    from crm.monitoring import init_monitoring
+
+    app.register_blueprint(api_bp)
+    init_monitoring(app)
 
     from flows.cli import flows_cli, sessions_cli
 

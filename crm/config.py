@@ -74,6 +74,8 @@ class Settings:
     football_display_timezone: str = "UTC"
     football_result_template: str = ""
     operator_api_tokens: tuple[str, ...] = ()
+    rq_dashboard_username: str = "admin"
+    rq_dashboard_password: str = ""
     log_level: str = "INFO"
 
     @classmethod
@@ -163,6 +165,8 @@ class Settings:
             football_display_timezone=display_tz,
             football_result_template=get("FOOTBALL_RESULT_TEMPLATE"),
             operator_api_tokens=tuple(t.strip() for t in env.get("OPERATOR_API_TOKENS", "").split(",") if t.strip()),
+            rq_dashboard_username=get("RQ_DASHBOARD_USERNAME") or "admin",
+            rq_dashboard_password=get("RQ_DASHBOARD_PASSWORD"),
             log_level=level,
         )
 

@@ -67,7 +67,7 @@ def deliver_due(contact: Contact, on_sent=None, wake=None, extend=None) -> datet
 
     Returns when the head message will next be due (the caller schedules a wake-up),
     or None when nothing is left waiting. ``on_sent(message)`` is called after each
-    accepted send; ``extend()`` after each request (to keep the lock).
+    accepted send, before its commit; ``extend()`` after each request (to keep the lock).
     """
     settings = get_settings()
     client = get_client()
@@ -94,10 +94,10 @@ def deliver_due(contact: Contact, on_sent=None, wake=None, extend=None) -> datet
             msg.status, msg.wa_message_id, msg.next_attempt_at = "sent", result.wa_message_id, None
             msg.sent_at = msg.sent_at or now
             msg.error_code = msg.error_title = msg.error_details = None
+            if on_sent:  # before the commit, so that what it records is written with the status
+                on_sent(msg)
             db.session.commit()
             metrics.SENDS.labels("sent", "").inc()
-            if on_sent:
-                on_sent(msg)
             continue
         metrics.SENDS.labels("retry" if result.retryable else "failed", str(result.error_code or "")).inc()
         if result.retryable and msg.attempts < settings.whatsapp_max_attempts:

@@ -23,6 +23,35 @@ def scrub(text: str) -> str:
     return text
 
 
+def _context(record: logging.LogRecord) -> None:
+    """Fill request_id (web) and job_id (RQ worker) from where the record was made."""
+    if getattr(record, "request_id", None) is None:
+        try:
+            from flask import g, has_request_context
+
+            if has_request_context():
+                record.request_id = g.get("request_id")
+        except ImportError:  # pragma: no cover
+            pass
+    if getattr(record, "job_id", None) is None:
+        try:
+            from rq import get_current_job
+
+            job = get_current_job()
+            record.job_id = job.id if job is not None else None
+        except Exception:  # noqa: BLE001 - outside a worker
+            pass
+
+
+_base_factory = logging.getLogRecordFactory()
+
+
+def _record_factory(*args, **kwargs) -> logging.LogRecord:
+    record = _base_factory(*args, **kwargs)
+    _context(record)
+    return record
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -42,6 +71,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str) -> None:
+    logging.setLogRecordFactory(_record_factory)  # request and job ids on every record, when made
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         root.setLevel(level)

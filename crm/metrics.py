@@ -1,9 +1,16 @@
-"""Prometheus metrics. Multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set (see README)."""
+"""Prometheus metrics, served at /metrics (crm.monitoring).
+
+Every process (gunicorn workers, RQ workers) writes its samples to
+PROMETHEUS_MULTIPROC_DIR when it is set, and /metrics adds them up; without it
+/metrics shows the web process's own samples only. Queue depths are read from
+Redis at scrape time.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+WEBHOOK_REQUESTS = Counter("crm_webhook_requests_total", "Webhook POSTs by outcome", ["outcome"])
 WEBHOOK_EVENTS = Counter("crm_webhook_events_total", "Webhook events by kind and outcome",
                          ["kind", "outcome"])
 REPLY_LATENCY = Histogram(

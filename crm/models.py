@@ -83,6 +83,7 @@ class Message(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     wa_timestamp: Mapped[datetime | None] = mapped_column(DateTime)
     received_at: Mapped[float | None] = mapped_column(db.Float)  # epoch seconds the webhook arrived
+    reply_ms: Mapped[float | None] = mapped_column(db.Float)  # inbound: webhook -> first reply accepted
     processed_at: Mapped[datetime | None] = mapped_column(DateTime)  # inbound: handled by the flow job
     flow_session_id: Mapped[int | None] = mapped_column(BigId)
     origin: Mapped[str | None] = mapped_column(String(16))  # outbound: flow | operator | system

@@ -576,3 +576,14 @@ def handle(library: Library, session: Session, inbound: Inbound, contact: dict,
            settings: EngineSettings | None = None, actions: Mapping[str, Callable] | None = None) -> Turn:
     """Run one turn. Pure: the result depends only on the arguments (and the actions passed)."""
     return _Run(library, session, inbound, contact, settings or EngineSettings(), actions or {}).handle()
+
+
+def start_flow(library: Library, session: Session, flow_name: str, contact: dict,
+               settings: EngineSettings | None = None, actions: Mapping[str, Callable] | None = None) -> Turn:
+    """Start ``flow_name`` for a contact without an inbound message (an operator's request).
+
+    The open session, if any, ends as "replaced". Pure, like ``handle``.
+    """
+    run = _Run(library, session, Inbound(type="system", text=""), contact, settings or EngineSettings(),
+               actions or {})
+    return run.start(library.flows[flow_name], "replaced")

@@ -84,12 +84,25 @@ def process_inbound(msg: Message, contact: Contact) -> engine.Turn | None:
     settings = get_settings()
     library = library_cache.get()
     row = open_session(contact.id)
-    session = (engine.Session.from_row(row.flow_name, row.step_id, row.status, row.state, row.flow_version)
-               if row else engine.Session())
     kind, text, reply_id = describe(msg.payload)
     inbound = engine.Inbound(type=kind, text=text, reply_id=reply_id, payload=msg.payload)
-    turn = engine.handle(library, session, inbound, contact.to_context(),
+    turn = engine.handle(library, session_of(row), inbound, contact.to_context(),
                          engine.EngineSettings.from_settings(settings), actions())
+    row = apply_turn(turn, contact, row, library, msg.phone_number_id, now)
+    msg.processed_at, msg.flow_session_id = now, row.id if row else None
+    db.session.commit()
+    return turn
+
+
+def session_of(row: FlowSession | None) -> engine.Session:
+    if row is None:
+        return engine.Session()
+    return engine.Session.from_row(row.flow_name, row.step_id, row.status, row.state, row.flow_version)
+
+
+def apply_turn(turn: engine.Turn, contact: Contact, row: FlowSession | None, library: engine.Library,
+               phone_number_id: str, now) -> FlowSession | None:
+    """Write a turn's session, contact changes and outbound rows into the open transaction."""
     new = turn.session
     for effect in turn.effects:
         if effect.kind == "set_contact_field":
@@ -118,10 +131,30 @@ def process_inbound(msg: Message, contact: Contact) -> engine.Turn | None:
             _close(row, ends[-1] if ends else "completed", now)
     db.session.flush()
     for message in turn.messages:
-        queue_outbound(contact, msg.phone_number_id, message, "flow", row.id if row else None, now)
-    msg.processed_at, msg.flow_session_id = now, row.id if row else None
+        queue_outbound(contact, phone_number_id, message, "flow", row.id if row else None, now)
+    return row
+
+
+def start_flow_for(contact: Contact, flow_name: str) -> engine.Turn:
+    """An operator starts a flow: end the open session, run the flow's first steps, commit.
+
+    The caller holds the contact's lock and enqueues delivery afterwards.
+    """
+    settings, library, now = get_settings(), library_cache.get(), utcnow()
+    row = open_session(contact.id)
+    turn = engine.start_flow(library, session_of(row), flow_name, contact.to_context(),
+                             engine.EngineSettings.from_settings(settings), actions())
+    if row is not None and row.status == "handover":
+        _close(row, "replaced", now)
+        row = None
+    apply_turn(turn, contact, row, library, settings.whatsapp_phone_number_id, now)
     db.session.commit()
     return turn
+
+
+def enqueue_delivery(contact_id: int) -> None:
+    """Deliver a contact's queued messages soon (operator sends, started flows)."""
+    get_queue("high").enqueue(run_contact, contact_id, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
 
 
 def _close(row: FlowSession, reason: str, now) -> None:
@@ -157,11 +190,17 @@ def drain(contact_id: int, lock: ContactLock) -> None:
         msg_id, received_at = msg.id, msg.received_at
         msg, contact, turn = _turn_with_retry(msg_id, contact_id)
         first_sent: list[float] = []
-        due = deliver_due(contact, on_sent=lambda _m, sent=first_sent: sent.append(time.time()),
-                          extend=lock.extend)
+
+        def on_sent(_out: Message, inbound: Message = msg, sent: list = first_sent, since=received_at) -> None:
+            if not sent:
+                sent.append(time.time())
+                if since:
+                    inbound.reply_ms = round((sent[0] - since) * 1000, 1)
+
+        due = deliver_due(contact, on_sent=on_sent, extend=lock.extend)
         if due is not None:
             schedule_wake(contact_id, due)
-        latency_ms = round((first_sent[0] - received_at) * 1000, 1) if first_sent and received_at else None
+        latency_ms = msg.reply_ms if first_sent else None
         if latency_ms is not None:
             metrics.REPLY_LATENCY.observe(latency_ms / 1000)
         session = turn.session if turn else None

@@ -25,5 +25,8 @@ if [ -z "${WHATSAPP_APP_SECRET:-}" ]; then
   echo "note: WHATSAPP_APP_SECRET is not set: webhook POSTs will be refused with 503 (see .env.example)"
 fi
 echo "web on http://127.0.0.1:$PORT  (webhook: /webhooks/whatsapp, health: /healthz)"
+# /metrics adds up the samples of every process through this directory; stale files are dropped.
+export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/instance/prometheus}"
+rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 # Not the one-shot 'release' line: honcho stops every process when one exits.
 exec honcho start -f Procfile -c "worker=${WORKER_PROCESSES:-2}" web worker football scheduler

@@ -44,6 +44,18 @@ def verify():
     return "forbidden", 403, {"Content-Type": "text/plain"}
 
 
+OUTCOMES = {200: "ok", 400: "malformed", 401: "bad_signature", 413: "too_large", 503: "unavailable"}
+
+
+@bp.after_request
+def count_request(response):
+    if request.method == "POST":
+        from crm import metrics
+
+        metrics.WEBHOOK_REQUESTS.labels(OUTCOMES.get(response.status_code, str(response.status_code))).inc()
+    return response
+
+
 @bp.post("/webhooks/whatsapp")
 def receive():
     received_at = time.time()

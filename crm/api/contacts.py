@@ -1,0 +1,312 @@
+"""Contacts, their conversation, sends, flow session and human handover."""
+
+from __future__ import annotations
+
+import time
+
+from flask import g, jsonify, request
+from sqlalchemy import exists, or_, select
+
+from crm.api import ApiError, arg_bool, arg_int, arg_time, body, bp, stamp
+from crm.extensions import db, get_redis, get_settings
+from crm.locks import ContactLock
+from crm.models import Contact, Message, utcnow
+from flows.models import OPEN_STATUSES, FlowSession
+from integrations.whatsapp import messages as wa
+
+OPERATOR_FLOW = "(operator)"  # flow name of a handover an operator started without a flow
+
+
+def contact_dict(contact: Contact, session: FlowSession | None = None, full: bool = False) -> dict:
+    out = {
+        "id": contact.id, "wa_id": contact.wa_id, "name": contact.profile_name or "",
+        "opted_out": contact.opted_out, "blocked": contact.blocked,
+        "last_seen_at": stamp(contact.last_seen_at), "last_inbound_at": stamp(contact.last_inbound_at),
+        "handover": session is not None and session.status == "handover",
+    }
+    if full:
+        out.update(fields=contact.custom_fields or {}, first_seen_at=stamp(contact.first_seen_at),
+                   window_open=contact.window_open(), user_id=contact.user_id,
+                   session=session.to_dict() if session else None)
+    return out
+
+
+def get_contact(contact_id: int) -> Contact:
+    contact = db.session.get(Contact, contact_id)
+    if contact is None:
+        raise ApiError(404, f"no contact with id {contact_id}")
+    return contact
+
+
+def open_session(contact_id: int) -> FlowSession | None:
+    return db.session.execute(
+        select(FlowSession).where(FlowSession.contact_id == contact_id, FlowSession.status.in_(OPEN_STATUSES))
+        .order_by(FlowSession.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def in_handover():
+    return exists().where(FlowSession.contact_id == Contact.id, FlowSession.status == "handover")
+
+
+@bp.get("/contacts")
+def list_contacts():
+    limit = arg_int("limit", 50, 1, 200)
+    cursor = arg_int("cursor", 0, 0, 2**62)
+    stmt = select(Contact)
+    q = (request.args.get("q") or "").strip()
+    if q:
+        like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(or_(Contact.profile_name.ilike(like, escape="\\"), Contact.wa_id.like(like, escape="\\")))
+    for name, column in (("opted_out", Contact.opted_out), ("blocked", Contact.blocked)):
+        value = arg_bool(name)
+        if value is not None:
+            stmt = stmt.where(column.is_(value))
+    handover = arg_bool("handover")
+    if handover is not None:
+        stmt = stmt.where(in_handover() if handover else ~in_handover())
+    since = arg_time("seen_since")
+    if since is not None:
+        stmt = stmt.where(Contact.last_seen_at >= since)
+    if cursor:
+        stmt = stmt.where(Contact.id < cursor)
+    rows = db.session.execute(stmt.order_by(Contact.id.desc()).limit(limit + 1)).scalars().all()
+    page = rows[:limit]
+    sessions = {s.contact_id: s for s in db.session.execute(select(FlowSession).where(
+        FlowSession.contact_id.in_([c.id for c in page]), FlowSession.status.in_(OPEN_STATUSES))).scalars()}
+    return jsonify(items=[contact_dict(c, sessions.get(c.id)) for c in page],
+                   next_cursor=page[-1].id if len(rows) > limit else None)
+
+
+@bp.get("/contacts/<int:contact_id>")
+def get_contact_detail(contact_id: int):
+    contact = get_contact(contact_id)
+    return jsonify(contact_dict(contact, open_session(contact.id), full=True))
+
+
+@bp.patch("/contacts/<int:contact_id>")
+def update_contact(contact_id: int):
+    contact, data = get_contact(contact_id), body()
+    unknown = set(data) - {"name", "fields"}
+    if unknown:
+        raise ApiError(422, f"unknown field(s): {', '.join(sorted(unknown))}; allowed: name, fields")
+    if "name" in data:
+        if not isinstance(data["name"], str) or len(data["name"]) > 256:
+            raise ApiError(422, "'name' must be a string of at most 256 characters")
+        contact.profile_name = data["name"]
+    if "fields" in data:
+        fields = data["fields"]
+        if not isinstance(fields, dict) or not all(isinstance(k, str) and k for k in fields):
+            raise ApiError(422, "'fields' must be an object; a null value removes a field")
+        merged = dict(contact.custom_fields or {})
+        for key, value in fields.items():
+            if value is None:
+                merged.pop(key, None)
+            elif isinstance(value, (str, int, float, bool)):
+                merged[key] = value
+            else:
+                raise ApiError(422, f"field {key!r} must be a string, number, boolean or null")
+        contact.custom_fields = merged
+    db.session.commit()
+    return jsonify(contact_dict(contact, open_session(contact.id), full=True))
+
+
+def _set_blocked(contact_id: int, blocked: bool):
+    contact = get_contact(contact_id)
+    contact.blocked = blocked
+    db.session.commit()
+    return jsonify(contact_dict(contact, open_session(contact.id), full=True))
+
+
+@bp.post("/contacts/<int:contact_id>/block")
+def block_contact(contact_id: int):
+    return _set_blocked(contact_id, True)
+
+
+@bp.post("/contacts/<int:contact_id>/unblock")
+def unblock_contact(contact_id: int):
+    return _set_blocked(contact_id, False)
+
+
+# -- conversation -------------------------------------------------------------------------------
+@bp.get("/contacts/<int:contact_id>/messages")
+def list_messages(contact_id: int):
+    get_contact(contact_id)
+    limit = arg_int("limit", 50, 1, 200)
+    cursor = arg_int("cursor", 0, 0, 2**62)
+    stmt = select(Message).where(Message.contact_id == contact_id)
+    if cursor:
+        stmt = stmt.where(Message.id < cursor)
+    rows = db.session.execute(stmt.order_by(Message.id.desc()).limit(limit + 1)).scalars().all()
+    page = rows[:limit]
+    return jsonify(items=[{**m.to_dict(), "origin": m.origin} for m in page],
+                   next_cursor=page[-1].id if len(rows) > limit else None)
+
+
+def build_message(data: dict) -> dict:
+    """An operator's message as a Graph API message object, checked against WhatsApp's limits."""
+    kind = data.get("type")
+    try:
+        if kind == "text":
+            if not isinstance(data.get("text"), str) or not data["text"].strip():
+                raise ApiError(422, "'text' is required for a text message")
+            return wa.text(data["text"], bool(data.get("preview_url")))
+        if kind == "template":
+            if not isinstance(data.get("name"), str) or not data["name"]:
+                raise ApiError(422, "'name' is required for a template message")
+            return wa.template(data["name"], data.get("language") or "en_US", data.get("components"))
+        if kind in {"image", "audio", "video", "document", "sticker"}:
+            return wa.media(kind, id=data.get("media_id"), link=data.get("link"), caption=data.get("caption"),
+                            filename=data.get("filename"))
+        if kind == "buttons":
+            buttons = data.get("buttons") or []
+            return wa.buttons(data.get("text") or "", [(b.get("id"), b.get("title")) for b in buttons],
+                              data.get("header"), data.get("footer"))
+        if kind == "list":
+            return wa.list_message(data.get("text") or "", data.get("button") or "Options",
+                                   data.get("sections") or [], data.get("header"), data.get("footer"))
+    except wa.MessageLimitError as exc:
+        raise ApiError(422, str(exc)) from None
+    except (TypeError, AttributeError, KeyError) as exc:
+        raise ApiError(422, f"malformed {kind} message: {exc}") from None
+    raise ApiError(422, "'type' must be one of text, template, image, audio, video, document, sticker, "
+                        "buttons, list")
+
+
+@bp.post("/contacts/<int:contact_id>/messages")
+def send_message(contact_id: int):
+    from flows.jobs import enqueue_delivery, queue_outbound
+
+    contact, data = get_contact(contact_id), body()
+    message = build_message(data)
+    if contact.blocked:
+        raise ApiError(409, "the contact is blocked; unblock it first")
+    if message["type"] != "template" and not contact.window_open():
+        raise ApiError(409, "the contact last wrote more than 24 hours ago: only a template message can be sent")
+    session = open_session(contact.id)
+    row = queue_outbound(contact, get_settings().whatsapp_phone_number_id, message, "operator",
+                         session.id if session else None)
+    db.session.commit()
+    enqueue_delivery(contact.id)
+    return jsonify({**row.to_dict(), "origin": row.origin}), 202
+
+
+# -- flow session -------------------------------------------------------------------------------
+@bp.get("/contacts/<int:contact_id>/session")
+def get_session(contact_id: int):
+    get_contact(contact_id)
+    session = open_session(contact_id)
+    return jsonify(session=session.to_dict() if session else None)
+
+
+@bp.delete("/contacts/<int:contact_id>/session")
+def reset_session(contact_id: int):
+    get_contact(contact_id)
+    with contact_lock(contact_id):
+        session = open_session(contact_id)
+        if session is None:
+            raise ApiError(404, "the contact has no open flow session")
+        now = utcnow()
+        session.status, session.end_reason, session.ended_at, session.expires_at = "ended", "reset", now, None
+        db.session.commit()
+    return jsonify(session=session.to_dict())
+
+
+@bp.post("/contacts/<int:contact_id>/session")
+def start_session(contact_id: int):
+    from flows.jobs import start_flow_for
+    from flows.store import library_cache
+
+    contact, data = get_contact(contact_id), body()
+    name = data.get("flow")
+    if not isinstance(name, str) or name not in library_cache.get().flows:
+        raise ApiError(422, f"'flow' must name an active flow; got {name!r}")
+    if contact.blocked or contact.opted_out:
+        raise ApiError(409, "the contact is blocked or opted out")
+    if not contact.window_open():
+        raise ApiError(409, "the contact last wrote more than 24 hours ago: a flow can only start inside the "
+                            "24-hour window (send a template instead)")
+    with contact_lock(contact_id):  # delivery is enqueued when the lock is released
+        turn = start_flow_for(contact, name)
+    session = open_session(contact_id)
+    return jsonify(session=session.to_dict() if session else None, messages=len(turn.messages)), 201
+
+
+class contact_lock:  # noqa: N801 - a context manager, named like one
+    """Hold the contact's flow lock so an operator change never interleaves with a flow turn."""
+
+    def __init__(self, contact_id: int, wait: float = 3.0):
+        self.contact_id, self.wait = contact_id, wait
+        self.lock = ContactLock(get_redis(), contact_id, ttl_ms=30_000)
+
+    def __enter__(self):
+        deadline = time.monotonic() + self.wait
+        while not self.lock.acquire():
+            if time.monotonic() > deadline:
+                raise ApiError(409, "the contact's messages are being processed; try again")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_exc):
+        from flows.jobs import enqueue_delivery, has_work
+
+        db.session.rollback()
+        self.lock.release()
+        # A flow job that found the contact busy returned at once: pick up what waited.
+        if has_work(self.contact_id):
+            enqueue_delivery(self.contact_id)
+
+
+# -- handover -----------------------------------------------------------------------------------
+@bp.get("/handovers")
+def list_handovers():
+    claimed = arg_bool("claimed")
+    stmt = select(FlowSession, Contact).join(Contact, Contact.id == FlowSession.contact_id).where(
+        FlowSession.status == "handover")
+    if claimed is not None:
+        stmt = stmt.where(FlowSession.handover_claimed_by.is_not(None) if claimed
+                          else FlowSession.handover_claimed_by.is_(None))
+    rows = db.session.execute(stmt.order_by(FlowSession.last_activity_at)).all()
+    return jsonify(items=[{"contact": contact_dict(c, s), "session": s.to_dict(), "claimed_by": s.handover_claimed_by,
+                           "waiting_since": stamp(s.last_activity_at)} for s, c in rows])
+
+
+@bp.post("/contacts/<int:contact_id>/handover")
+def claim_handover(contact_id: int):
+    """Claim the contact's handover; with no open handover, take the conversation over from the bot."""
+    get_contact(contact_id)
+    with contact_lock(contact_id):
+        now, session = utcnow(), open_session(contact_id)
+        if session is not None and session.status == "handover":
+            if session.handover_claimed_by not in (None, g.operator):
+                raise ApiError(409, f"already claimed by {session.handover_claimed_by}")
+        else:
+            if session is not None:
+                session.status, session.end_reason, session.ended_at, session.expires_at = (
+                    "ended", "handover", now, None)
+            session = FlowSession(contact_id=contact_id, flow_name=OPERATOR_FLOW, flow_version=1, status="handover",
+                                  state={}, started_at=now, last_activity_at=now)
+            db.session.add(session)
+        session.handover_claimed_by = g.operator
+        db.session.commit()
+        return jsonify(session=session.to_dict(), claimed_by=session.handover_claimed_by)
+
+
+@bp.post("/contacts/<int:contact_id>/handover/resolve")
+def resolve_handover(contact_id: int):
+    """End the handover; the bot answers the contact's next message again."""
+    get_contact(contact_id)
+    with contact_lock(contact_id):
+        session = open_session(contact_id)
+        if session is None or session.status != "handover":
+            raise ApiError(409, "the contact is not waiting for or talking to a human")
+        if session.handover_claimed_by not in (None, g.operator) and not body_force():
+            raise ApiError(409, f"claimed by {session.handover_claimed_by}; pass {{\"force\": true}} to resolve")
+        now = utcnow()
+        session.status, session.end_reason, session.ended_at = "ended", "resolved", now
+        db.session.commit()
+        return jsonify(session=session.to_dict())
+
+
+def body_force() -> bool:
+    data = request.get_json(silent=True)
+    return isinstance(data, dict) and data.get("force") is True
