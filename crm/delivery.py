@@ -18,7 +18,7 @@ import logging
 import random
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from crm import metrics
 from crm.extensions import db, get_settings
@@ -55,11 +55,13 @@ def next_pending(contact_id: int) -> Message | None:
 
 
 def has_due(contact_id: int, now: datetime) -> bool:
-    return db.session.execute(
-        select(Message.id).where(
-            Message.contact_id == contact_id, Message.direction == "out", Message.status.in_(PENDING),
-            or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now)).limit(1)
-    ).first() is not None
+    """Whether the head of the contact's outbox may be sent now (later messages wait for it)."""
+    head = db.session.execute(
+        select(Message.next_attempt_at).where(
+            Message.contact_id == contact_id, Message.direction == "out", Message.status.in_(PENDING))
+        .order_by(Message.id).limit(1)
+    ).first()
+    return head is not None and (head[0] is None or head[0] <= now)
 
 
 def deliver_due(contact: Contact, on_sent=None, wake=None, extend=None) -> datetime | None:
@@ -71,8 +73,11 @@ def deliver_due(contact: Contact, on_sent=None, wake=None, extend=None) -> datet
     """
     settings = get_settings()
     client = get_client()
+    # Values read once: every commit below expires the ORM objects, and reading an expired
+    # attribute costs a SELECT.
+    contact_id, wa_id = contact.id, contact.wa_id
     while True:
-        msg = next_pending(contact.id)
+        msg = next_pending(contact_id)
         if msg is None:
             return None
         now = utcnow()
@@ -83,10 +88,11 @@ def deliver_due(contact: Contact, on_sent=None, wake=None, extend=None) -> datet
                                        error_title="outside the 24-hour customer service window "
                                                    "(refused locally): send a template"))
             continue
+        request = (msg.phone_number_id, wa_id, msg.payload, msg.callback_id)
         msg.status, msg.attempts, msg.last_attempt_at = "sending", msg.attempts + 1, now
         msg.next_attempt_at = now + UNKNOWN_OUTCOME_GRACE
         db.session.commit()
-        result = client.send(msg.phone_number_id, contact.wa_id, msg.payload, msg.callback_id)
+        result = client.send(*request)
         if extend:
             extend()
         now = utcnow()
@@ -110,9 +116,9 @@ def deliver_due(contact: Contact, on_sent=None, wake=None, extend=None) -> datet
             msg.error_code, msg.error_title, msg.error_details = (result.error_code, result.error_title,
                                                                   result.error_details)
             db.session.commit()
-            log.warning("send to contact %s failed (%s %s), attempt %s, retry in %.1fs", contact.id,
+            log.warning("send to contact %s failed (%s %s), attempt %s, retry in %.1fs", contact_id,
                         result.http_status or "", result.error_title, msg.attempts, delay.total_seconds(),
-                        extra={"event": "send.retry", "contact_id": contact.id})
+                        extra={"event": "send.retry", "contact_id": contact_id})
             return msg.next_attempt_at
         _fail(msg, now, result)
 

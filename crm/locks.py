@@ -5,6 +5,7 @@ Only the owner can extend or release it; if its worker dies, it expires.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from redis import Redis
@@ -19,13 +20,21 @@ class ContactLock:
         self.redis, self.ttl_ms = redis, ttl_ms
         self.key = f"crm:lock:contact:{contact_id}"
         self.token = uuid.uuid4().hex
+        self.extended_at = time.monotonic()
         self._release = redis.register_script(_RELEASE)
         self._extend = redis.register_script(_EXTEND)
 
     def acquire(self) -> bool:
-        return bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        got = bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        self.extended_at = time.monotonic()
+        return got
 
-    def extend(self) -> bool:
+    def extend(self, force: bool = False) -> bool:
+        """Push the expiry out again; a no-op while less than a sixth of the TTL has passed."""
+        now = time.monotonic()
+        if not force and (now - self.extended_at) * 1000 < self.ttl_ms / 6:
+            return True
+        self.extended_at = now
         return bool(self._extend(keys=[self.key], args=[self.token, self.ttl_ms]))
 
     def release(self) -> bool:

@@ -24,23 +24,24 @@ def scrub(text: str) -> str:
 
 
 def _context(record: logging.LogRecord) -> None:
-    """Fill request_id (web) and job_id (RQ worker) from where the record was made."""
-    if getattr(record, "request_id", None) is None:
-        try:
-            from flask import g, has_request_context
+    """Remember the request id (web) and job id (RQ worker) current when the record was made.
 
-            if has_request_context():
-                record.request_id = g.get("request_id")
-        except ImportError:  # pragma: no cover
-            pass
-    if getattr(record, "job_id", None) is None:
-        try:
-            from rq import get_current_job
+    Stored under private names: callers (RQ among them) pass ``job_id`` in ``extra``, and
+    logging refuses to overwrite an attribute the record already has.
+    """
+    try:
+        from flask import g, has_request_context
 
-            job = get_current_job()
-            record.job_id = job.id if job is not None else None
-        except Exception:  # noqa: BLE001 - outside a worker
-            pass
+        record._crm_request_id = g.get("request_id") if has_request_context() else None
+    except ImportError:  # pragma: no cover
+        record._crm_request_id = None
+    try:
+        from rq import get_current_job
+
+        job = get_current_job()
+        record._crm_job_id = job.id if job is not None else None
+    except Exception:  # noqa: BLE001 - outside a worker
+        record._crm_job_id = None
 
 
 _base_factory = logging.getLogRecordFactory()
@@ -63,6 +64,8 @@ class JsonFormatter(logging.Formatter):
         }
         for key in _CONTEXT_FIELDS:
             value = getattr(record, key, None)
+            if value is None and key in ("request_id", "job_id"):
+                value = getattr(record, f"_crm_{key}", None)
             if value is not None:
                 entry[key] = value
         if record.exc_info:

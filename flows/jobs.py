@@ -34,6 +34,11 @@ from integrations.whatsapp.inbound import describe
 
 log = logging.getLogger(__name__)
 STALL_AFTER = timedelta(seconds=30)
+# Turns one job may take before yielding to other contacts (None: drain the inbox). Measured
+# on the 20 users x 5 messages scenario (SQLite, 2 cores): 1 turn per job made latency fair
+# (p50 585 ms, p99 1069 ms) but cost an extra job per message (-25 % replies/s); draining gives
+# p50 ~40 ms, p99 ~1.7 s and more throughput. See the notes of issue #5.
+TURNS_PER_JOB: int | None = None
 
 
 def actions() -> dict:
@@ -175,15 +180,19 @@ def _turn_with_retry(msg_id: int, contact_id: int) -> tuple[Message, Contact, en
     raise RuntimeError(f"could not commit a turn for contact {contact_id} after 3 tries")
 
 
-def drain(contact_id: int, lock: ContactLock) -> None:
+def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> None:
+    """Deliver the outbox, then answer waiting messages (at most ``max_turns``), in order."""
     settings = get_settings()
-    while True:
+    outbox_clear = False  # known to be empty since the last delivery pass
+    turns = 0
+    while max_turns is None or turns < max_turns:
         contact = db.session.get(Contact, contact_id)
         if contact is None:
             return
-        due = deliver_due(contact, extend=lock.extend)
-        if due is not None:
-            schedule_wake(contact_id, due)
+        if not outbox_clear:
+            due = deliver_due(contact, extend=lock.extend)
+            if due is not None:
+                schedule_wake(contact_id, due)
         msg = next_inbound(contact_id)
         if msg is None:
             return
@@ -200,6 +209,7 @@ def drain(contact_id: int, lock: ContactLock) -> None:
         due = deliver_due(contact, on_sent=on_sent, extend=lock.extend)
         if due is not None:
             schedule_wake(contact_id, due)
+        outbox_clear = due is None
         latency_ms = msg.reply_ms if first_sent else None
         if latency_ms is not None:
             metrics.REPLY_LATENCY.observe(latency_ms / 1000)
@@ -214,6 +224,7 @@ def drain(contact_id: int, lock: ContactLock) -> None:
             get_client().mark_read(msg.phone_number_id or settings.whatsapp_phone_number_id,
                                    msg.wa_message_id, typing=typing)
         lock.extend()
+        turns += 1
 
 
 def schedule_wake(contact_id: int, when) -> None:
@@ -227,20 +238,23 @@ def has_work(contact_id: int) -> bool:
 
 
 def run_contact(contact_id: int) -> str:
-    """The flow job: process the contact's inbox and outbox under its lock."""
-    redis = get_redis()
-    for _ in range(20):
-        lock = ContactLock(redis, contact_id)
-        if not lock.acquire():
-            return "busy"
-        try:
-            drain(contact_id, lock)
-        finally:
-            db.session.rollback()
-            lock.release()
-        if not has_work(contact_id):
-            return "done"
-    return "more"
+    """The flow job: deliver the contact's outbox and answer its waiting messages, in order.
+
+    After ``TURNS_PER_JOB`` turns, or when the inbox is empty, the lock is released; work
+    that is still (or newly) waiting gets a new job at the back of the queue.
+    """
+    lock = ContactLock(get_redis(), contact_id)
+    if not lock.acquire():
+        return "busy"  # the holder re-checks for waiting work after it releases the lock
+    try:
+        drain(contact_id, lock, max_turns=TURNS_PER_JOB)
+    finally:
+        db.session.rollback()
+        lock.release()
+    if has_work(contact_id):
+        get_queue("high").enqueue(run_contact, contact_id, result_ttl=0, failure_ttl=FAILURE_TTL)
+        return "requeued"
+    return "done"
 
 
 def recover_stalled(batch: int = 1000) -> int:

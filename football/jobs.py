@@ -67,12 +67,25 @@ class SyncLock:
             get_redis().delete(self.key)
 
 
+NO_KEY = {"skipped": "APIFOOTBALL_KEY is not set"}
+
+
+def _configured() -> bool:
+    """Scheduled syncs skip quietly without an API key (the CLI says so loudly)."""
+    if get_settings().apifootball_key:
+        return True
+    log.info("football sync skipped: APIFOOTBALL_KEY is not set", extra={"event": "football.not_configured"})
+    return False
+
+
 def _summary(results: list[StageResult]) -> dict:
     return {r.stage: {"fetched": r.fetched, "upserted": r.upserted, "skipped": r.skipped, "calls": r.calls,
                       "seconds": round(r.seconds, 2)} for r in results}
 
 
 def sync_upcoming(days: int | None = None) -> dict:
+    if not _configured():
+        return NO_KEY
     with SyncLock("upcoming") as held:
         if not held:
             return {"skipped": "another upcoming sync is running"}
@@ -80,6 +93,8 @@ def sync_upcoming(days: int | None = None) -> dict:
 
 
 def sync_results(days: int | None = None) -> dict:
+    if not _configured():
+        return NO_KEY
     with SyncLock("results") as held:
         if not held:
             return {"skipped": "another results sync is running"}
@@ -89,6 +104,8 @@ def sync_results(days: int | None = None) -> dict:
 
 
 def sync_live() -> dict:
+    if not _configured():
+        return NO_KEY
     with SyncLock("live", ttl=300) as held:
         if not held:
             return {"skipped": "another live sync is running"}
@@ -98,6 +115,8 @@ def sync_live() -> dict:
 
 
 def sync_leagues() -> dict:
+    if not _configured():
+        return NO_KEY
     return _summary([make_sync().leagues()])
 
 

@@ -212,7 +212,7 @@ class Sync:
         if not live_or_due(now):
             return []
         out = [self.events(now.date() - timedelta(days=1), now.date(), live=True, stage="live")]
-        live_ids = set(_ids_status_from_db(now))
+        live_ids = set(stale_live_fixtures(now))
         if live_ids:  # still 'live' here but no longer in the live answer: finished (or stopped)
             out.append(self.events(now.date() - timedelta(days=1), now.date(), stage="live-settle"))
         return out
@@ -236,7 +236,7 @@ def live_or_due(now: datetime) -> bool:
     ).first() is not None
 
 
-def _ids_status_from_db(now: datetime) -> list[str]:
+def stale_live_fixtures(now: datetime) -> list[str]:
     """Fixtures stored as live whose last update is older than this live pass."""
     return list(db.session.execute(
         select(Fixture.provider_id).where(Fixture.status == parse.LIVE, Fixture.updated_at < now)

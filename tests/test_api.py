@@ -317,6 +317,7 @@ def test_metrics_move(api_app, client, graph):
 
 def test_logs_carry_request_and_job_ids(api_app, client, caplog):
     import json
+    import logging
 
     from crm.logs import JsonFormatter
 
@@ -332,3 +333,7 @@ def test_logs_carry_request_and_job_ids(api_app, client, caplog):
     assert any(line.get("request_id") == "req-abc-123" and line.get("event") == "webhook.bad_signature"
                for line in lines)
     assert TOKEN not in "".join(map(str, lines))
+    # callers (RQ) pass job_id themselves: that must neither fail nor be overwritten
+    record = logging.getLogger("rq.worker").makeRecord("rq.worker", 40, "f", 1, "boom", (), None,
+                                                       extra={"job_id": "given"})
+    assert json.loads(JsonFormatter().format(record))["job_id"] == "given"

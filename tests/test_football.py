@@ -243,6 +243,11 @@ def test_sync_fails_clearly_without_a_key(make_app, graph, api):
     app = make_app()
     out = app.test_cli_runner().invoke(args=["football", "sync", "--now"])
     assert out.exit_code != 0 and "APIFOOTBALL_KEY is not set" in out.output
+    from football import jobs
+
+    with app.app_context():  # the scheduled jobs skip quietly instead of failing every 2 minutes
+        assert jobs.sync_live() == jobs.sync_upcoming() == jobs.sync_results() == jobs.NO_KEY
+    assert api.requests == []
 
 
 # -- flow actions and the example flow ------------------------------------------------------------
