@@ -69,3 +69,8 @@ def get_queue(name: str) -> Queue:
 
 def get_settings():
     return current_app.config["SETTINGS"]
+
+
+def contains_pattern(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, with LIKE's wildcards escaped (use escape="\\")."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

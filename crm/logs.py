@@ -7,6 +7,9 @@ import logging
 import sys
 import time
 
+from flask import g, has_request_context
+from rq import get_current_job
+
 _SECRETS: set[str] = set()
 _CONTEXT_FIELDS = ("event", "contact_id", "job_id", "request_id", "flow", "step", "ms")
 
@@ -29,19 +32,9 @@ def _context(record: logging.LogRecord) -> None:
     Stored under private names: callers (RQ among them) pass ``job_id`` in ``extra``, and
     logging refuses to overwrite an attribute the record already has.
     """
-    try:
-        from flask import g, has_request_context
-
-        record._crm_request_id = g.get("request_id") if has_request_context() else None
-    except ImportError:  # pragma: no cover
-        record._crm_request_id = None
-    try:
-        from rq import get_current_job
-
-        job = get_current_job()
-        record._crm_job_id = job.id if job is not None else None
-    except Exception:  # noqa: BLE001 - outside a worker
-        record._crm_job_id = None
+    record._crm_request_id = g.get("request_id") if has_request_context() else None
+    job = get_current_job()
+    record._crm_job_id = job.id if job is not None else None
 
 
 _base_factory = logging.getLogRecordFactory()

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, func, or_, select
 
-from crm.extensions import db, get_settings
+from crm.extensions import contains_pattern, db, get_settings
 from crm.intake import dialect_insert
 from crm.models import utcnow
 from flows.actions import action
@@ -192,8 +192,7 @@ def find_teams(name: str, limit: int = 10) -> list[Team]:
     exact = db.session.execute(select(Team).where(func.lower(Team.name) == key).limit(limit)).scalars().all()
     if exact:
         return list(exact)
-    like = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return list(db.session.execute(select(Team).where(func.lower(Team.name).like(f"%{like}%", escape="\\"))
+    return list(db.session.execute(select(Team).where(func.lower(Team.name).like(contains_pattern(key), escape="\\"))
                                    .order_by(Team.name).limit(limit)).scalars())
 
 

@@ -83,54 +83,50 @@ def _summary(results: list[StageResult]) -> dict:
                       "seconds": round(r.seconds, 2)} for r in results}
 
 
-def sync_upcoming(days: int | None = None) -> dict:
-    if not _configured():
+def _run_sync(kind: str, work: Callable[[], list[StageResult]], ttl: int = 1800, needs_key: bool = True,
+              nothing: str | None = None) -> dict:
+    """Run a sync under its lock, then tell followers about fixtures that finished in it."""
+    if needs_key and not _configured():
         return NO_KEY
-    with SyncLock("upcoming") as held:
+    with SyncLock(kind, ttl) as held:
         if not held:
-            return {"skipped": "another upcoming sync is running"}
-        return _summary(make_sync().upcoming(days or get_settings().football_days_ahead))
+            return {"skipped": f"another {kind} sync is running"}
+        results = work()
+    enqueue_notify([f for r in results for f in r.finished])
+    if not results and nothing:
+        return {"skipped": nothing}
+    return _summary(results)
+
+
+def sync_upcoming(days: int | None = None) -> dict:
+    return _run_sync("upcoming", lambda: make_sync().upcoming(days or get_settings().football_days_ahead))
 
 
 def sync_results(days: int | None = None) -> dict:
-    if not _configured():
-        return NO_KEY
-    with SyncLock("results") as held:
-        if not held:
-            return {"skipped": "another results sync is running"}
-        result = make_sync().results(days or get_settings().football_results_days)
-    enqueue_notify(result.finished)
-    return _summary([result])
+    return _run_sync("results", lambda: [make_sync().results(days or get_settings().football_results_days)])
 
 
 def sync_live() -> dict:
-    if not _configured():
-        return NO_KEY
-    with SyncLock("live", ttl=300) as held:
-        if not held:
-            return {"skipped": "another live sync is running"}
-        results = make_sync().live()
-    enqueue_notify([f for r in results for f in r.finished])
-    return _summary(results) if results else {"skipped": "no fixture live or due"}
+    return _run_sync("live", lambda: make_sync().live(), ttl=300, nothing="no fixture live or due")
 
 
 def sync_leagues() -> dict:
-    if not _configured():
-        return NO_KEY
-    return _summary([make_sync().leagues()])
+    return _run_sync("leagues", lambda: [make_sync().leagues()], ttl=300)
 
 
 def full_sync(progress: Callable[[str], None] | None = None) -> dict:
-    """Leagues, fixtures and odds for the coming days, and recent results."""
+    """Leagues, fixtures and odds for the coming days, and recent results.
+
+    Without an API key this raises (``make_client``): the CLI reports it.
+    """
     settings = get_settings()
-    with SyncLock("full") as held:
-        if not held:
-            return {"skipped": "another full sync is running"}
+
+    def work() -> list[StageResult]:
         sync = make_sync(progress)
-        results = [sync.leagues(), *sync.upcoming(settings.football_days_ahead),
-                   sync.results(settings.football_results_days)]
-    enqueue_notify([f for r in results for f in r.finished])
-    return _summary(results)
+        return [sync.leagues(), *sync.upcoming(settings.football_days_ahead),
+                sync.results(settings.football_results_days)]
+
+    return _run_sync("full", work, needs_key=False)
 
 
 # -- following teams --------------------------------------------------------------------------

@@ -153,10 +153,3 @@ def parse_odds(row: dict) -> list[tuple[str, str, str, float]]:
         if price is not None:
             out.append((bookmaker[:64], market, selection, price))
     return out
-
-
-def odds_updated(row: dict) -> datetime | None:
-    try:
-        return datetime.strptime((row.get("odd_date") or "").strip(), "%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return None

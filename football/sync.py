@@ -72,11 +72,13 @@ def _upsert(model, rows: list[dict], keys: list[str], extra_set: Callable | None
     db.session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), rows)
 
 
-def _ids(model, provider_ids: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
+def _by_provider_id(model, provider_ids: Iterable[str], column=None) -> dict:
+    """provider id -> ``column`` (default: our id) for the rows that exist."""
+    column = model.id if column is None else column
+    out: dict = {}
     for chunk in _chunks(sorted(set(provider_ids))):
         out.update(db.session.execute(
-            select(model.provider_id, model.id).where(model.provider_id.in_(chunk))).all())
+            select(model.provider_id, column).where(model.provider_id.in_(chunk))).all())
     return out
 
 
@@ -152,8 +154,8 @@ class Sync:
         for chunk in _chunks(list(teams.values())):
             _upsert(Team, chunk, ["provider_id"])
         db.session.commit()
-        league_ids, team_ids = _ids(League, leagues), _ids(Team, teams)
-        before = _ids_status(fixtures)
+        league_ids, team_ids = _by_provider_id(League, leagues), _by_provider_id(Team, teams)
+        before = _by_provider_id(Fixture, fixtures, Fixture.status)
         rows_out = []
         for pid, fixture in fixtures.items():
             league, home, away = refs[pid]
@@ -172,13 +174,13 @@ class Sync:
         result.upserted += len(rows_out)
         newly = [pid for pid, f in fixtures.items()
                  if f["status"] in parse.ENDED and before.get(pid) not in parse.ENDED]
-        result.finished.extend(_ids(Fixture, newly).values())
+        result.finished.extend(_by_provider_id(Fixture, newly).values())
 
     def odds(self, start: date, end: date) -> StageResult:
         def work(result: StageResult) -> None:
             rows = self.client.odds(start, end)
             result.fetched = len(rows)
-            fixture_ids = _ids(Fixture, {str(r.get("match_id") or "") for r in rows})
+            fixture_ids = _by_provider_id(Fixture, {str(r.get("match_id") or "") for r in rows})
             now, prices = self.now(), {}
             for row in rows:
                 fixture_id = fixture_ids.get(str(row.get("match_id") or ""))
@@ -216,14 +218,6 @@ class Sync:
         if live_ids:  # still 'live' here but no longer in the live answer: finished (or stopped)
             out.append(self.events(now.date() - timedelta(days=1), now.date(), stage="live-settle"))
         return out
-
-
-def _ids_status(fixtures: dict) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for chunk in _chunks(list(fixtures)):
-        out.update(db.session.execute(
-            select(Fixture.provider_id, Fixture.status).where(Fixture.provider_id.in_(chunk))).all())
-    return out
 
 
 def live_or_due(now: datetime) -> bool:

@@ -8,9 +8,10 @@ from flask import g, jsonify, request
 from sqlalchemy import exists, or_, select
 
 from crm.api import ApiError, arg_bool, arg_int, arg_time, body, bp, stamp
-from crm.extensions import db, get_redis, get_settings
+from crm.extensions import contains_pattern, db, get_redis, get_settings
 from crm.locks import ContactLock
 from crm.models import Contact, Message, utcnow
+from flows.jobs import open_session
 from flows.models import OPEN_STATUSES, FlowSession
 from integrations.whatsapp import messages as wa
 
@@ -38,12 +39,6 @@ def get_contact(contact_id: int) -> Contact:
     return contact
 
 
-def open_session(contact_id: int) -> FlowSession | None:
-    return db.session.execute(
-        select(FlowSession).where(FlowSession.contact_id == contact_id, FlowSession.status.in_(OPEN_STATUSES))
-        .order_by(FlowSession.id.desc()).limit(1)).scalar_one_or_none()
-
-
 def in_handover():
     return exists().where(FlowSession.contact_id == Contact.id, FlowSession.status == "handover")
 
@@ -55,7 +50,7 @@ def list_contacts():
     stmt = select(Contact)
     q = (request.args.get("q") or "").strip()
     if q:
-        like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        like = contains_pattern(q)
         stmt = stmt.where(or_(Contact.profile_name.ilike(like, escape="\\"), Contact.wa_id.like(like, escape="\\")))
     for name, column in (("opted_out", Contact.opted_out), ("blocked", Contact.blocked)):
         value = arg_bool(name)
