@@ -135,7 +135,10 @@ def test_full_sync_upserts_and_reruns_idempotently(fapp, api):
         ids = dict(db.session.execute(select(Fixture.provider_id, Fixture.id)).all())
     # the provider changes a kickoff, a price and a team name; the re-run updates in place
     api.events[0]["match_time"] = "23:45"
-    api.events[0]["match_hometeam_name"] = "Team 00 FC"
+    for e in api.events:  # a renamed team is renamed in every fixture the provider lists it in
+        for side in ("home", "away"):
+            if e[f"match_{side}team_id"] == "100":
+                e[f"match_{side}team_name"] = "Team 00 FC"
     api.odds[0]["odd_1"] = "9.50"
     assert runner.invoke(args=["football", "sync", "--now"]).exit_code == 0
     with fapp.app_context():
