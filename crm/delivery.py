@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, func, select
 
 from crm import metrics
 from crm.extensions import db, get_settings
-from crm.models import Contact, Message, utcnow
+from crm.models import Message, utcnow, window_open
 from integrations.whatsapp.client import SendResult, WhatsAppClient
 
 log = logging.getLogger(__name__)
@@ -47,85 +49,136 @@ def backoff(attempt: int, base: float = 2.0, cap: float = 120.0) -> timedelta:
     return timedelta(seconds=step * random.uniform(0.5, 1.0))
 
 
-def next_pending(contact_id: int) -> Message | None:
-    return db.session.execute(
-        select(Message).where(Message.contact_id == contact_id, Message.direction == "out",
-                              Message.status.in_(PENDING)).order_by(Message.id).limit(1)
-    ).scalar_one_or_none()
+# The hot path uses prebuilt table statements: no identity map to reload after each commit,
+# no unit-of-work flush, and SQLAlchemy's cache key is computed once per statement.
+messages = Message.__table__
+_OUT_COLUMNS = (messages.c.id, messages.c.type, messages.c.payload, messages.c.phone_number_id,
+                messages.c.callback_id, messages.c.attempts, messages.c.next_attempt_at)
+_HEAD = (select(*_OUT_COLUMNS)
+         .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == "out",
+                messages.c.status.in_(PENDING), messages.c.id > bindparam("b_after"))
+         .order_by(messages.c.id).limit(1))
+_CLAIM = (messages.update().where(messages.c.id == bindparam("b_id"))
+          .values(status="sending", attempts=messages.c.attempts + 1, last_attempt_at=bindparam("b_now"),
+                  next_attempt_at=bindparam("b_deadline")))
+_SENT = (messages.update().where(messages.c.id == bindparam("b_id"))
+         .values(status="sent", wa_message_id=bindparam("b_wamid"), next_attempt_at=None,
+                 sent_at=func.coalesce(messages.c.sent_at, bindparam("b_now")),
+                 error_code=None, error_title=None, error_details=None))
+_RETRY = (messages.update().where(messages.c.id == bindparam("b_id"))
+          .values(status=bindparam("b_status"), next_attempt_at=bindparam("b_next"),
+                  error_code=bindparam("b_code"), error_title=bindparam("b_title"),
+                  error_details=bindparam("b_details")))
+_FAIL = (messages.update().where(messages.c.id == bindparam("b_id"))
+         .values(status="failed", failed_at=bindparam("b_now"), next_attempt_at=None,
+                 error_code=bindparam("b_code"), error_title=bindparam("b_title"),
+                 error_details=bindparam("b_details")))
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What sending one outbound row needs, read once."""
+
+    id: int
+    type: str
+    payload: dict
+    phone_number_id: str
+    callback_id: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+
+
+def next_pending(contact_id: int, after: int = 0) -> Outgoing | None:
+    """The head of the contact's outbox (the oldest queued or sending row after ``after``)."""
+    row = db.session.execute(_HEAD, {"b_contact": contact_id, "b_after": after}).first()
+    return Outgoing(*row) if row is not None else None
 
 
 def has_due(contact_id: int, now: datetime) -> bool:
     """Whether the head of the contact's outbox may be sent now (later messages wait for it)."""
-    head = db.session.execute(
-        select(Message.next_attempt_at).where(
-            Message.contact_id == contact_id, Message.direction == "out", Message.status.in_(PENDING))
-        .order_by(Message.id).limit(1)
-    ).first()
-    return head is not None and (head[0] is None or head[0] <= now)
+    head = next_pending(contact_id)
+    return head is not None and (head.next_attempt_at is None or head.next_attempt_at <= now)
 
 
-def deliver_due(contact: Contact, on_sent=None, wake=None, extend=None) -> datetime | None:
+def claim(head: Outgoing, now: datetime) -> Outgoing:
+    """Mark a row as being sent, in the caller's transaction: commit before the request."""
+    db.session.execute(_CLAIM, {"b_id": head.id, "b_now": now, "b_deadline": now + UNKNOWN_OUTCOME_GRACE})
+    return Outgoing(head.id, head.type, head.payload, head.phone_number_id, head.callback_id,
+                    head.attempts + 1, now + UNKNOWN_OUTCOME_GRACE)
+
+
+def _claim_if_sendable(head: Outgoing | None, last_inbound_at, now) -> Outgoing | None:
+    """Claim ``head`` when it may go out now; the next delivery pass handles anything else."""
+    if head is None or (head.next_attempt_at is not None and head.next_attempt_at > now):
+        return None
+    if head.type != "template" and not window_open(last_inbound_at, now):
+        return None
+    return claim(head, now)
+
+
+def deliver_due(contact_id: int, wa_id: str, last_inbound_at: datetime | None, on_sent=None, extend=None,
+                claimed: Outgoing | None = None) -> datetime | None:
     """Send the contact's due messages in order.
 
     Returns when the head message will next be due (the caller schedules a wake-up),
-    or None when nothing is left waiting. ``on_sent(message)`` is called after each
-    accepted send, before its commit; ``extend()`` after each request (to keep the lock).
+    or None when nothing is left waiting. ``claimed`` is a head row the caller already
+    committed as ``sending``. ``on_sent(message_id, when)`` is called after each accepted
+    send, in the transaction that records it; ``extend()`` after each request (to keep
+    the lock). One commit per accepted message: it records the send and claims the next row.
     """
     settings = get_settings()
     client = get_client()
-    # Values read once: every commit below expires the ORM objects, and reading an expired
-    # attribute costs a SELECT.
-    contact_id, wa_id = contact.id, contact.wa_id
     while True:
-        msg = next_pending(contact_id)
-        if msg is None:
-            return None
-        now = utcnow()
-        if msg.next_attempt_at is not None and msg.next_attempt_at > now:
-            return msg.next_attempt_at
-        if msg.type != "template" and not contact.window_open(now):
-            _fail(msg, now, SendResult(ok=False, error_code=OUTSIDE_WINDOW_CODE,
-                                       error_title="outside the 24-hour customer service window "
-                                                   "(refused locally): send a template"))
-            continue
-        request = (msg.phone_number_id, wa_id, msg.payload, msg.callback_id)
-        msg.status, msg.attempts, msg.last_attempt_at = "sending", msg.attempts + 1, now
-        msg.next_attempt_at = now + UNKNOWN_OUTCOME_GRACE
-        db.session.commit()
-        result = client.send(*request)
+        if claimed is None:
+            head = next_pending(contact_id)
+            if head is None:
+                return None
+            now = utcnow()
+            if head.next_attempt_at is not None and head.next_attempt_at > now:
+                return head.next_attempt_at
+            if head.type != "template" and not window_open(last_inbound_at, now):
+                _fail(contact_id, head.id, now, SendResult(
+                    ok=False, error_code=OUTSIDE_WINDOW_CODE,
+                    error_title="outside the 24-hour customer service window (refused locally): send a template"))
+                continue
+            claimed = claim(head, now)
+            db.session.commit()
+        msg, claimed = claimed, None
+        result = client.send(msg.phone_number_id, wa_id, msg.payload, msg.callback_id)
         if extend:
             extend()
         now = utcnow()
         if result.ok:
-            msg.status, msg.wa_message_id, msg.next_attempt_at = "sent", result.wa_message_id, None
-            msg.sent_at = msg.sent_at or now
-            msg.error_code = msg.error_title = msg.error_details = None
-            if on_sent:  # before the commit, so that what it records is written with the status
-                on_sent(msg)
+            db.session.execute(_SENT, {"b_id": msg.id, "b_wamid": result.wa_message_id, "b_now": now})
+            if on_sent:
+                on_sent(msg.id, time.time())
+            following = next_pending(contact_id, after=msg.id)
+            claimed = _claim_if_sendable(following, last_inbound_at, now)
             db.session.commit()
             metrics.SENDS.labels("sent", "").inc()
+            if following is None:  # ``msg`` was the head: nothing is left
+                return None
             continue
         metrics.SENDS.labels("retry" if result.retryable else "failed", str(result.error_code or "")).inc()
         if result.retryable and msg.attempts < settings.whatsapp_max_attempts:
             delay = backoff(msg.attempts)
+            status = "sending" if result.outcome_unknown else "queued"
             if result.outcome_unknown:
                 delay = max(delay, UNKNOWN_OUTCOME_GRACE)
-            else:
-                msg.status = "queued"
-            msg.next_attempt_at = now + delay
-            msg.error_code, msg.error_title, msg.error_details = (result.error_code, result.error_title,
-                                                                  result.error_details)
+            db.session.execute(_RETRY, {"b_id": msg.id, "b_status": status, "b_next": now + delay,
+                                        "b_code": result.error_code, "b_title": result.error_title,
+                                        "b_details": result.error_details})
             db.session.commit()
             log.warning("send to contact %s failed (%s %s), attempt %s, retry in %.1fs", contact_id,
                         result.http_status or "", result.error_title, msg.attempts, delay.total_seconds(),
                         extra={"event": "send.retry", "contact_id": contact_id})
-            return msg.next_attempt_at
-        _fail(msg, now, result)
+            return now + delay
+        _fail(contact_id, msg.id, now, result)
 
 
-def _fail(msg: Message, now: datetime, result: SendResult) -> None:
-    msg.status, msg.failed_at, msg.next_attempt_at = "failed", now, None
-    msg.error_code, msg.error_title, msg.error_details = result.error_code, result.error_title, result.error_details
+def _fail(contact_id: int, message_id: int, now: datetime, result: SendResult) -> None:
+    db.session.execute(_FAIL, {"b_id": message_id, "b_now": now, "b_code": result.error_code,
+                               "b_title": result.error_title, "b_details": result.error_details})
     db.session.commit()
-    log.error("message %s failed for good: %s %s", msg.id, result.error_code, result.error_title,
-              extra={"event": "send.failed", "contact_id": msg.contact_id})
+    log.error("message %s failed for good: %s %s", message_id, result.error_code, result.error_title,
+              extra={"event": "send.failed", "contact_id": contact_id})

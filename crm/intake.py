@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from rq.exceptions import DuplicateJobError
 from sqlalchemy import select
 
-from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_redis
+from crm.extensions import FAILURE_TTL, db, get_queue, get_redis
 from crm.models import STATUS_RANK, Contact, Message, utcnow
 from integrations.whatsapp.inbound import InboundMessage, StatusUpdate
 
@@ -117,7 +117,7 @@ def enqueue_flow_job(contact_id: int, message_id: int | None = None) -> bool:
     try:
         get_queue("high").enqueue(
             FLOW_JOB, contact_id, job_id=job_id, unique=job_id is not None,
-            result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, job_timeout=120,
+            result_ttl=0, failure_ttl=FAILURE_TTL, job_timeout=120,  # results are never read
             description=f"contact {contact_id}",
         )
     except DuplicateJobError:

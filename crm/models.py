@@ -37,20 +37,26 @@ class Contact(db.Model):
     messages = relationship("Message", back_populates="contact", lazy="dynamic")
 
     def window_open(self, now: datetime | None = None) -> bool:
-        """Whether the 24-hour customer service window allows free-form messages."""
-        if self.last_inbound_at is None:
-            return False
-        return (now or utcnow()) - self.last_inbound_at < SERVICE_WINDOW
+        return window_open(self.last_inbound_at, now or utcnow())
 
     def to_context(self) -> dict:
-        """What flows see as ``contact``."""
-        return {
-            "id": self.id,
-            "wa_id": self.wa_id,
-            "name": self.profile_name or "",
-            "fields": dict(self.custom_fields or {}),
-            "opted_out": self.opted_out,
-        }
+        return contact_context(self)
+
+
+def window_open(last_inbound_at: datetime | None, now: datetime) -> bool:
+    """Whether the 24-hour customer service window allows free-form messages."""
+    return last_inbound_at is not None and now - last_inbound_at < SERVICE_WINDOW
+
+
+def contact_context(contact) -> dict:
+    """What flows see as ``contact``, from a Contact or a row with the same columns."""
+    return {
+        "id": contact.id,
+        "wa_id": contact.wa_id,
+        "name": contact.profile_name or "",
+        "fields": dict(contact.custom_fields or {}),
+        "opted_out": contact.opted_out,
+    }
 
 
 # Outbound life cycle; inbound messages are "received".

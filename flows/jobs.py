@@ -13,18 +13,17 @@ have waited too long.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import timedelta
 
 from rq.exceptions import DuplicateJobError
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm.exc import StaleDataError
 
 from crm import metrics
-from crm.delivery import PENDING, deliver_due, get_client, has_due
+from crm.delivery import PENDING, Outgoing, claim, deliver_due, get_client, has_due
 from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_redis, get_settings
 from crm.locks import ContactLock
-from crm.models import Contact, Message, utcnow
+from crm.models import Contact, Message, contact_context, utcnow, window_open
 from flows import engine
 from flows.document import DEFAULT_EXPIRED
 from flows.models import OPEN_STATUSES, FlowSession
@@ -55,11 +54,53 @@ def open_session(contact_id: int) -> FlowSession | None:
     ).scalar_one_or_none()
 
 
-def next_inbound(contact_id: int) -> Message | None:
-    return db.session.execute(
-        select(Message).where(Message.contact_id == contact_id, Message.direction == "in",
-                              Message.processed_at.is_(None)).order_by(Message.id).limit(1)
-    ).scalar_one_or_none()
+# The reply path runs prebuilt table statements (see crm.delivery): a turn is a handful of
+# statements and one commit, with no ORM identity map to flush or reload.
+messages, sessions, contacts = Message.__table__, FlowSession.__table__, Contact.__table__
+_NEXT_INBOUND = (select(messages.c.id, messages.c.payload, messages.c.phone_number_id, messages.c.wa_message_id,
+                        messages.c.received_at)
+                 .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == "in",
+                        messages.c.processed_at.is_(None))
+                 .order_by(messages.c.id).limit(1))
+_CONTACT = select(contacts.c.id, contacts.c.wa_id, contacts.c.profile_name, contacts.c.custom_fields,
+                  contacts.c.opted_out, contacts.c.blocked, contacts.c.last_inbound_at
+                  ).where(contacts.c.id == bindparam("b_contact"))
+_OPEN_SESSION = (select(sessions.c.id, sessions.c.flow_name, sessions.c.step_id, sessions.c.status,
+                        sessions.c.state, sessions.c.flow_version, sessions.c.version)
+                 .where(sessions.c.contact_id == bindparam("b_contact"), sessions.c.status.in_(OPEN_STATUSES))
+                 .order_by(sessions.c.id.desc()).limit(1))
+_PROCESSED = (messages.update().where(messages.c.id == bindparam("b_id"))
+              .values(processed_at=bindparam("b_now"), flow_session_id=bindparam("b_session")))
+_REPLY_MS = messages.update().where(messages.c.id == bindparam("b_id")).values(reply_ms=bindparam("b_ms"))
+_SESSION_WRITE = (sessions.update().where(sessions.c.id == bindparam("b_id"),
+                                          sessions.c.version == bindparam("b_version"))
+                  .values(flow_name=bindparam("b_flow"), flow_version=bindparam("b_flow_version"),
+                          step_id=bindparam("b_step"), state=bindparam("b_state"),
+                          last_activity_at=bindparam("b_now"), status=bindparam("b_status"),
+                          expires_at=bindparam("b_expires"), ended_at=bindparam("b_ended"),
+                          end_reason=bindparam("b_reason"), version=sessions.c.version + 1))
+_SESSION_CLOSE = (sessions.update().where(sessions.c.id == bindparam("b_id"),
+                                          sessions.c.version == bindparam("b_version"))
+                  .values(status="ended", end_reason=bindparam("b_reason"), ended_at=bindparam("b_now"),
+                          expires_at=None, version=sessions.c.version + 1))
+_SESSION_NEW = sessions.insert().returning(sessions.c.id)
+_CONTACT_WRITE = (contacts.update().where(contacts.c.id == bindparam("b_id"))
+                  .values(custom_fields=bindparam("b_fields"), opted_out=bindparam("b_opted_out")))
+_OUTBOUND_NEW = messages.insert().returning(messages.c.id)
+
+
+def next_inbound(contact_id: int):
+    """The contact's oldest unanswered message (id, payload, phone_number_id, wa_message_id, received_at)."""
+    return db.session.execute(_NEXT_INBOUND, {"b_contact": contact_id}).first()
+
+
+def load_contact(contact_id: int):
+    return db.session.execute(_CONTACT, {"b_contact": contact_id}).first()
+
+
+def open_session_row(contact_id: int):
+    """The contact's open session as a row (id, flow_name, step_id, status, state, flow_version, version)."""
+    return db.session.execute(_OPEN_SESSION, {"b_contact": contact_id}).first()
 
 
 def idle_minutes(library: engine.Library, flow_name: str) -> float:
@@ -71,6 +112,7 @@ def idle_minutes(library: engine.Library, flow_name: str) -> float:
 
 def queue_outbound(contact: Contact, phone_number_id: str, message: dict, origin: str,
                    session_id: int | None = None, now=None) -> Message:
+    """Add a message to the contact's outbox in the open ORM transaction (operator and system sends)."""
     row = Message(contact_id=contact.id, direction="out", type=message["type"], text=wa.summary(message),
                   payload=message, phone_number_id=phone_number_id, status="queued", origin=origin,
                   callback_id=Message.new_callback_id(), flow_session_id=session_id, attempts=0,
@@ -79,78 +121,109 @@ def queue_outbound(contact: Contact, phone_number_id: str, message: dict, origin
     return row
 
 
-def process_inbound(msg: Message, contact: Contact) -> engine.Turn | None:
-    """Run the engine for one inbound message and commit everything it produced at once."""
-    now = utcnow()
-    if contact.blocked:
-        msg.processed_at = now
-        db.session.commit()
-        return None
-    settings = get_settings()
-    library = library_cache.get()
-    row = open_session(contact.id)
-    kind, text, reply_id = describe(msg.payload)
-    inbound = engine.Inbound(type=kind, text=text, reply_id=reply_id, payload=msg.payload)
-    turn = engine.handle(library, session_of(row), inbound, contact.to_context(),
-                         engine.EngineSettings.from_settings(settings), actions())
-    row = apply_turn(turn, contact, row, library, msg.phone_number_id, now)
-    msg.processed_at, msg.flow_session_id = now, row.id if row else None
-    db.session.commit()
-    return turn
-
-
-def session_of(row: FlowSession | None) -> engine.Session:
+def session_of(row) -> engine.Session:
     if row is None:
         return engine.Session()
     return engine.Session.from_row(row.flow_name, row.step_id, row.status, row.state, row.flow_version)
 
 
-def apply_turn(turn: engine.Turn, contact: Contact, row: FlowSession | None, library: engine.Library,
-               phone_number_id: str, now) -> FlowSession | None:
-    """Write a turn's session, contact changes and outbound rows into the open transaction."""
+def process_inbound(inbound, contact, claim_first: bool) -> tuple[engine.Turn | None, Outgoing | None]:
+    """Run the engine for one inbound message and commit everything it produced at once.
+
+    With ``claim_first`` (the outbox was empty before the turn) the turn's first message is
+    committed already claimed for sending, so that delivery needs no commit of its own.
+    """
+    now = utcnow()
+    if contact.blocked:
+        db.session.execute(_PROCESSED, {"b_id": inbound.id, "b_now": now, "b_session": None})
+        db.session.commit()
+        return None, None
+    settings = get_settings()
+    library = library_cache.get()
+    row = open_session_row(contact.id)
+    kind, text, reply_id = describe(inbound.payload)
+    message = engine.Inbound(type=kind, text=text, reply_id=reply_id, payload=inbound.payload)
+    turn = engine.handle(library, session_of(row), message, contact_context(contact),
+                         engine.EngineSettings.from_settings(settings), actions())
+    session_id, claimed = apply_turn(turn, contact, row, library, inbound.phone_number_id, now,
+                                     claim_first=claim_first)
+    db.session.execute(_PROCESSED, {"b_id": inbound.id, "b_now": now, "b_session": session_id})
+    db.session.commit()
+    return turn, claimed
+
+
+def apply_turn(turn: engine.Turn, contact, row, library: engine.Library, phone_number_id: str, now,
+               claim_first: bool = False) -> tuple[int | None, Outgoing | None]:
+    """Write a turn's session, contact changes and outbound rows into the open transaction.
+
+    ``contact`` and ``row`` (the open session, or None) are what was read before the turn.
+    Returns the session's id and, with ``claim_first``, the first outbound row claimed for
+    sending. Raises StaleDataError when the session changed since it was read.
+    """
     new = turn.session
+    fields, opted_out, changed = dict(contact.custom_fields or {}), contact.opted_out, False
     for effect in turn.effects:
         if effect.kind == "set_contact_field":
-            contact.custom_fields = {**(contact.custom_fields or {}), effect.data["name"]: effect.data["value"]}
-        elif effect.kind == "opt_out":
-            contact.opted_out = True
-        elif effect.kind == "opt_in":
-            contact.opted_out = False
+            fields[effect.data["name"]], changed = effect.data["value"], True
+        elif effect.kind in ("opt_out", "opt_in"):
+            opted_out, changed = effect.kind == "opt_out", True
         elif effect.kind == "error":
             log.warning("flow error: %s", effect.data, extra={"event": "flow.error", "contact_id": contact.id})
+    if changed:
+        db.session.execute(_CONTACT_WRITE, {"b_id": contact.id, "b_fields": fields, "b_opted_out": opted_out})
     ends = [e.data["reason"] for e in turn.effects if e.kind == "session_ended"]
+    session_id, version = (row.id, row.version) if row is not None else (None, None)
     if turn.effect("session_started") is not None:
         if row is not None:  # the old session ends where the new one starts
-            _close(row, ends.pop(0) if ends else "restarted", now)
-        row = FlowSession(contact_id=contact.id, flow_name=new.flow, flow_version=new.flow_version or 1,
-                          started_at=now, status="active", state={})
-        db.session.add(row)
-    if row is not None:
-        row.flow_name, row.flow_version = new.flow, new.flow_version or row.flow_version
-        row.step_id, row.state, row.last_activity_at = new.step, new.to_state(), now
-        if new.status in OPEN_STATUSES:
-            row.status = new.status
-            minutes = idle_minutes(library, new.flow)
-            row.expires_at = now + timedelta(minutes=minutes) if new.status == "active" else None
-        else:
-            _close(row, ends[-1] if ends else "completed", now)
-    db.session.flush()
+            close_session(row, ends.pop(0) if ends else "restarted", now)
+        session_id = db.session.execute(_SESSION_NEW, {
+            "contact_id": contact.id, "flow_name": new.flow, "flow_version": new.flow_version or 1,
+            "status": "active", "state": {}, "started_at": now, "last_activity_at": now, "version": 1,
+        }).scalar_one()
+        version = 1
+    if session_id is not None:
+        values = {"b_id": session_id, "b_version": version, "b_flow": new.flow,
+                  "b_flow_version": new.flow_version or (row.flow_version if row is not None else 1),
+                  "b_step": new.step, "b_state": new.to_state(), "b_now": now, "b_status": new.status,
+                  "b_expires": None, "b_ended": None, "b_reason": None}
+        if new.status == "active":
+            values["b_expires"] = now + timedelta(minutes=idle_minutes(library, new.flow))
+        elif new.status not in OPEN_STATUSES:
+            values.update(b_status="ended", b_ended=now, b_reason=ends[-1] if ends else "completed")
+        if db.session.execute(_SESSION_WRITE, values).rowcount != 1:
+            raise StaleDataError(f"flow session {session_id} changed during the turn")
+    claimed = None
     for message in turn.messages:
-        queue_outbound(contact, phone_number_id, message, "flow", row.id if row else None, now)
-    return row
+        values = {"contact_id": contact.id, "direction": "out", "type": message["type"],
+                  "text": wa.summary(message), "payload": message, "phone_number_id": phone_number_id,
+                  "status": "queued", "origin": "flow", "callback_id": Message.new_callback_id(),
+                  "flow_session_id": session_id, "attempts": 0, "created_at": now}
+        message_id = db.session.execute(_OUTBOUND_NEW, values).scalar_one()
+        if claim_first and claimed is None and window_open(contact.last_inbound_at, now):
+            claimed = claim(Outgoing(message_id, message["type"], message, phone_number_id,
+                                     values["callback_id"], 0, None), now)
+        claim_first = False
+    return session_id, claimed
 
 
-def start_flow_for(contact: Contact, flow_name: str) -> engine.Turn:
+def close_session(row, reason: str, now) -> None:
+    """End an open session read as a row (optimistic: raises StaleDataError if it changed)."""
+    if db.session.execute(_SESSION_CLOSE, {"b_id": row.id, "b_version": row.version, "b_reason": reason,
+                                           "b_now": now}).rowcount != 1:
+        raise StaleDataError(f"flow session {row.id} changed during the turn")
+
+
+def start_flow_for(contact_id: int, flow_name: str) -> engine.Turn:
     """An operator starts a flow: end the open session, run the flow's first steps, commit.
 
     The caller holds the contact's lock and enqueues delivery afterwards.
     """
     settings, library, now = get_settings(), library_cache.get(), utcnow()
-    row = open_session(contact.id)
-    turn = engine.start_flow(library, session_of(row), flow_name, contact.to_context(),
+    contact, row = load_contact(contact_id), open_session_row(contact_id)
+    turn = engine.start_flow(library, session_of(row), flow_name, contact_context(contact),
                              engine.EngineSettings.from_settings(settings), actions())
     if row is not None and row.status == "handover":
-        _close(row, "replaced", now)
+        close_session(row, "replaced", now)
         row = None
     apply_turn(turn, contact, row, library, settings.whatsapp_phone_number_id, now)
     db.session.commit()
@@ -159,23 +232,18 @@ def start_flow_for(contact: Contact, flow_name: str) -> engine.Turn:
 
 def enqueue_delivery(contact_id: int) -> None:
     """Deliver a contact's queued messages soon (operator sends, started flows)."""
-    get_queue("high").enqueue(run_contact, contact_id, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
+    get_queue("high").enqueue(run_contact, contact_id, result_ttl=0, failure_ttl=FAILURE_TTL)
 
 
-def _close(row: FlowSession, reason: str, now) -> None:
-    row.status, row.end_reason, row.ended_at, row.expires_at = "ended", reason, now, None
-
-
-def _turn_with_retry(msg_id: int, contact_id: int) -> tuple[Message, Contact, engine.Turn | None]:
+def _turn_with_retry(inbound, contact_id: int, claim_first: bool):
     """The idle-session cleanup may expire the session under us: then redo the turn."""
     for _attempt in range(3):
-        msg = db.session.get(Message, msg_id)
-        contact = db.session.get(Contact, contact_id)
+        contact = load_contact(contact_id)
         try:
-            return msg, contact, process_inbound(msg, contact)
+            return contact, *process_inbound(inbound, contact, claim_first)
         except StaleDataError:
             db.session.rollback()
-            db.session.expire_all()
+            claim_first = False  # the cleanup may have queued a notice: delivery takes the outbox head
             log.info("session changed during the turn; redoing it", extra={"contact_id": contact_id})
     raise RuntimeError(f"could not commit a turn for contact {contact_id} after 3 tries")
 
@@ -186,43 +254,45 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> N
     outbox_clear = False  # known to be empty since the last delivery pass
     turns = 0
     while max_turns is None or turns < max_turns:
-        contact = db.session.get(Contact, contact_id)
-        if contact is None:
-            return
         if not outbox_clear:
-            due = deliver_due(contact, extend=lock.extend)
+            contact = load_contact(contact_id)
+            if contact is None:
+                return
+            due = deliver_due(contact_id, contact.wa_id, contact.last_inbound_at, extend=lock.extend)
             if due is not None:
                 schedule_wake(contact_id, due)
-        msg = next_inbound(contact_id)
-        if msg is None:
+            outbox_clear = due is None
+        inbound = next_inbound(contact_id)
+        if inbound is None:
             return
-        msg_id, received_at = msg.id, msg.received_at
-        msg, contact, turn = _turn_with_retry(msg_id, contact_id)
+        contact, turn, claimed = _turn_with_retry(inbound, contact_id, claim_first=outbox_clear)
         first_sent: list[float] = []
 
-        def on_sent(_out: Message, inbound: Message = msg, sent: list = first_sent, since=received_at) -> None:
+        def on_sent(_message_id: int, when: float, sent: list = first_sent, inbound=inbound) -> None:
             if not sent:
-                sent.append(time.time())
-                if since:
-                    inbound.reply_ms = round((sent[0] - since) * 1000, 1)
+                sent.append(when)
+                if inbound.received_at:
+                    db.session.execute(_REPLY_MS, {"b_id": inbound.id,
+                                                   "b_ms": round((when - inbound.received_at) * 1000, 1)})
 
-        due = deliver_due(contact, on_sent=on_sent, extend=lock.extend)
+        due = deliver_due(contact_id, contact.wa_id, contact.last_inbound_at, on_sent=on_sent,
+                          extend=lock.extend, claimed=claimed)
         if due is not None:
             schedule_wake(contact_id, due)
         outbox_clear = due is None
-        latency_ms = msg.reply_ms if first_sent else None
+        latency_ms = round((first_sent[0] - inbound.received_at) * 1000, 1) \
+            if first_sent and inbound.received_at else None
         if latency_ms is not None:
             metrics.REPLY_LATENCY.observe(latency_ms / 1000)
         session = turn.session if turn else None
-        log.info("processed message %s", msg_id, extra={
+        log.info("processed message %s", inbound.id, extra={
             "event": "flow.turn", "contact_id": contact_id, "flow": session.flow if session else None,
             "step": session.step if session else None, "ms": latency_ms})
-        if turn is not None and not contact.blocked and session.status != "handover":
+        if turn is not None and session.status != "handover":
             # Read receipt after the reply: it must never hold the reply back. The typing
             # indicator only makes sense while a reply is still on its way.
-            typing = due is not None
-            get_client().mark_read(msg.phone_number_id or settings.whatsapp_phone_number_id,
-                                   msg.wa_message_id, typing=typing)
+            get_client().mark_read(inbound.phone_number_id or settings.whatsapp_phone_number_id,
+                                   inbound.wa_message_id, typing=due is not None)
         lock.extend()
         turns += 1
 

@@ -15,6 +15,7 @@ from flows.models import Flow
 
 GENERATION_KEY = "crm:flows:generation"
 CACHE_SECONDS = 30.0  # upper bound on staleness even if the Redis bump was missed
+CHECK_SECONDS = 1.0  # how often a process asks Redis whether the flows changed (not on every turn)
 
 
 def load_files(paths: list[str]) -> list[LoadedFlow]:
@@ -71,6 +72,7 @@ def import_flows(loaded: list[LoadedFlow]) -> list[tuple[str, int, str]]:
 
 
 def bump_generation() -> None:
+    library_cache.clear()  # this process sees its own change at once, the others within CHECK_SECONDS
     try:
         get_redis().incr(GENERATION_KEY)
     except Exception:  # noqa: BLE001 - the cache also expires by time
@@ -84,14 +86,18 @@ class LibraryCache:
         self._lock = threading.Lock()
         self._library: Library | None = None
         self._generation: bytes | None = None
-        self._loaded_at = 0.0
+        self._loaded_at = self._checked_at = 0.0
 
     def get(self) -> Library:
+        now = time.monotonic()
+        if self._library is not None and now - self._checked_at < CHECK_SECONDS:
+            return self._library
         try:
             generation = get_redis().get(GENERATION_KEY)
         except Exception:  # noqa: BLE001
             generation = self._generation
-        fresh = time.monotonic() - self._loaded_at < CACHE_SECONDS
+        self._checked_at = now
+        fresh = now - self._loaded_at < CACHE_SECONDS
         if self._library is not None and generation == self._generation and fresh:
             return self._library
         with self._lock:

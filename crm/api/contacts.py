@@ -221,7 +221,7 @@ def start_session(contact_id: int):
         raise ApiError(409, "the contact last wrote more than 24 hours ago: a flow can only start inside the "
                             "24-hour window (send a template instead)")
     with contact_lock(contact_id):  # delivery is enqueued when the lock is released
-        turn = start_flow_for(contact, name)
+        turn = start_flow_for(contact_id, name)
     session = open_session(contact_id)
     return jsonify(session=session.to_dict() if session else None, messages=len(turn.messages)), 201
 

