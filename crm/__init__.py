@@ -14,7 +14,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(
         SETTINGS=settings,
         SQLALCHEMY_DATABASE_URI=settings.database_url,
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        # A server may drop idle connections; an SQLite file cannot (and a ping per checkout
+        # costs the webhook a round trip).
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": not settings.database_url.startswith("sqlite")},
         MIGRATIONS_DIR=PROJECT_ROOT / "migrations",
         MAX_CONTENT_LENGTH=1024 * 1024,
         JSON_SORT_KEYS=False,

@@ -77,6 +77,7 @@ class Settings:
     rq_dashboard_username: str = "admin"
     rq_dashboard_password: str = ""
     log_level: str = "INFO"
+    rq_log_level: str = "WARNING"
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None) -> Settings:
@@ -129,9 +130,13 @@ class Settings:
         if not (version.startswith("v") and version[1:].replace(".", "").isdigit()):
             raise ConfigError(f"WHATSAPP_API_VERSION={version!r} must look like v23.0")
 
-        level = (get("LOG_LEVEL") or "INFO").upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ConfigError(f"LOG_LEVEL={level!r} must be DEBUG, INFO, WARNING or ERROR")
+        def log_level(name: str, default: str) -> str:
+            value = (get(name) or default).upper()
+            if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+                raise ConfigError(f"{name}={value!r} must be DEBUG, INFO, WARNING or ERROR")
+            return value
+
+        level = log_level("LOG_LEVEL", "INFO")
 
         return cls(
             database_url=database_url,
@@ -168,6 +173,7 @@ class Settings:
             rq_dashboard_username=get("RQ_DASHBOARD_USERNAME") or "admin",
             rq_dashboard_password=get("RQ_DASHBOARD_PASSWORD"),
             log_level=level,
+            rq_log_level=log_level("RQ_LOG_LEVEL", "WARNING"),
         )
 
     def __repr__(self) -> str:  # never print secrets

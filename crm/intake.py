@@ -13,15 +13,15 @@ import logging
 import time
 from dataclasses import dataclass
 
-from rq.exceptions import DuplicateJobError
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from crm.extensions import FAILURE_TTL, db, get_queue, get_redis
+from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_redis
 from crm.models import STATUS_RANK, Contact, Message, utcnow
 from integrations.whatsapp.inbound import InboundMessage, StatusUpdate
 
 log = logging.getLogger(__name__)
 SEEN_TTL = 7 * 24 * 3600
+QUEUED_TTL = 60
 FLOW_JOB = "flows.jobs.run_contact"
 
 
@@ -45,18 +45,36 @@ class Stored:
     new: bool
 
 
+_contacts, _messages = Contact.__table__, Message.__table__
+_statements: dict[tuple[str, str], object] = {}
+
+
+def _statement(kind: str):
+    """The webhook's INSERT ... ON CONFLICT statements, built once per dialect (SQLAlchemy then
+    computes their cache keys once, not on every webhook)."""
+    key = (kind, db.engine.dialect.name)
+    if key not in _statements:
+        if kind == "contact":
+            stmt = dialect_insert(_contacts)
+            # a profile name or user id that Meta leaves out keeps the stored one
+            stmt = stmt.on_conflict_do_update(index_elements=[_contacts.c.wa_id], set_={
+                "last_seen_at": stmt.excluded.last_seen_at, "last_inbound_at": stmt.excluded.last_inbound_at,
+                "profile_name": func.coalesce(stmt.excluded.profile_name, _contacts.c.profile_name),
+                "user_id": func.coalesce(stmt.excluded.user_id, _contacts.c.user_id),
+            }).returning(_contacts.c.id)
+        else:
+            stmt = (dialect_insert(_messages)
+                    .on_conflict_do_nothing(index_elements=[_messages.c.phone_number_id, _messages.c.wa_message_id])
+                    .returning(_messages.c.id))
+        _statements[key] = stmt
+    return _statements[key]
+
+
 def upsert_contact(wa_id: str, profile_name: str | None, user_id: str | None, now) -> int:
-    values = {"wa_id": wa_id, "profile_name": profile_name, "user_id": user_id, "custom_fields": {},
-              "opted_out": False, "blocked": False, "first_seen_at": now, "last_seen_at": now,
-              "last_inbound_at": now}
-    stmt = dialect_insert(Contact).values(**values)
-    changes = {"last_seen_at": now, "last_inbound_at": now}
-    if profile_name:
-        changes["profile_name"] = stmt.excluded.profile_name
-    if user_id:
-        changes["user_id"] = stmt.excluded.user_id
-    stmt = stmt.on_conflict_do_update(index_elements=[Contact.wa_id], set_=changes).returning(Contact.id)
-    return db.session.execute(stmt).scalar_one()
+    values = {"wa_id": wa_id, "profile_name": profile_name or None, "user_id": user_id or None,
+              "custom_fields": {}, "opted_out": False, "blocked": False, "first_seen_at": now,
+              "last_seen_at": now, "last_inbound_at": now}
+    return db.session.execute(_statement("contact"), values).scalar_one()
 
 
 def store_inbound(messages: list[InboundMessage], received_at: float | None = None) -> list[Stored]:
@@ -84,10 +102,7 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
                 "status": "received", "created_at": now, "wa_timestamp": m.timestamp,
                 "received_at": received_at, "attempts": 0,
             }
-            stmt = (dialect_insert(Message).values(**row)
-                    .on_conflict_do_nothing(index_elements=["phone_number_id", "wa_message_id"])
-                    .returning(Message.id))
-            new_id = db.session.execute(stmt).scalar_one_or_none()
+            new_id = db.session.execute(_statement("message"), row).scalar_one_or_none()
             if new_id is not None:
                 stored.append(Stored(new_id, contact_id, True))
             else:
@@ -111,17 +126,31 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
     return stored
 
 
+def queued_key(contact_id: int) -> str:
+    return f"crm:queued:contact:{contact_id}"
+
+
 def enqueue_flow_job(contact_id: int, message_id: int | None = None) -> bool:
-    """Wake the contact's flow job on ``high``. One job per inbound message, never two."""
-    job_id = f"in-{message_id}" if message_id is not None else None
+    """Wake the contact's flow job on ``high``, unless one is already queued or running.
+
+    The marker ``crm:queued:contact:<id>`` is cleared by the flow job when it finishes, and
+    the job then looks at the inbox again: a message stored while the marker was set is
+    picked up by that check. So a contact has at most one flow job at a time (no job that
+    finds the contact busy and does nothing), and each job goes to the back of the queue.
+    The TTL covers a crash between the marker and the enqueue.
+    """
+    redis = get_redis()
+    key = queued_key(contact_id)
+    if not redis.set(key, 1, nx=True, ex=QUEUED_TTL):
+        return False
     try:
         get_queue("high").enqueue(
-            FLOW_JOB, contact_id, job_id=job_id, unique=job_id is not None,
-            result_ttl=0, failure_ttl=FAILURE_TTL, job_timeout=120,  # results are never read
-            description=f"contact {contact_id}",
+            FLOW_JOB, contact_id, job_id=f"in-{message_id}" if message_id is not None else None,
+            result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, job_timeout=120, description=f"contact {contact_id}",
         )
-    except DuplicateJobError:
-        return False
+    except Exception:
+        redis.delete(key)
+        raise
     return True
 
 

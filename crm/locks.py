@@ -37,5 +37,8 @@ class ContactLock:
         self.extended_at = now
         return bool(self._extend(keys=[self.key], args=[self.token, self.ttl_ms]))
 
-    def release(self) -> bool:
+    def release(self, pipeline=None):
+        """Delete the lock if we still own it (queued on ``pipeline`` when one is given)."""
+        if pipeline is not None:
+            return self._release(keys=[self.key], args=[self.token], client=pipeline)
         return bool(self._release(keys=[self.key], args=[self.token]))

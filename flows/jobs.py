@@ -1,9 +1,11 @@
 """Flow jobs (queue ``high``): one contact at a time, all contacts in parallel.
 
-``run_contact(contact_id)`` takes the contact's lock and works through its
-inbox (unprocessed inbound rows, oldest first) and outbox (queued rows, in
-order) until both are empty. A job that finds the lock taken returns at once:
-the holder re-checks the inbox after releasing, so nothing waits forever.
+``run_contact(contact_id)`` takes the contact's lock, delivers its outbox
+(queued rows, in order) and answers the oldest unanswered inbound row; then the
+contact goes to the back of the queue if more is waiting. A contact has at most
+one flow job queued (``crm.intake.enqueue_flow_job``); a job that finds the lock
+taken (an operator action, a retry wake-up) returns at once: the holder looks
+at the inbox again after releasing, so nothing waits forever.
 
 The database is the inbox, so nothing is lost when a worker dies or Redis
 blips: ``recover_stalled`` (every minute) re-enqueues contacts whose messages
@@ -22,6 +24,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from crm import metrics
 from crm.delivery import PENDING, Outgoing, claim, deliver_due, get_client, has_due
 from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_redis, get_settings
+from crm.intake import enqueue_flow_job, queued_key
 from crm.locks import ContactLock
 from crm.models import Contact, Message, contact_context, utcnow, window_open
 from flows import engine
@@ -33,11 +36,10 @@ from integrations.whatsapp.inbound import describe
 
 log = logging.getLogger(__name__)
 STALL_AFTER = timedelta(seconds=30)
-# Turns one job may take before yielding to other contacts (None: drain the inbox). Measured
-# on the 20 users x 5 messages scenario (SQLite, 2 cores): 1 turn per job made latency fair
-# (p50 585 ms, p99 1069 ms) but cost an extra job per message (-25 % replies/s); draining gives
-# p50 ~40 ms, p99 ~1.7 s and more throughput. See the notes of issue #5.
-TURNS_PER_JOB: int | None = None
+# Turns one job takes before the contact goes to the back of the queue (None: drain the
+# inbox). One turn per job keeps latency fair when many contacts write at once: a contact
+# that answers instantly cannot hold a worker while others wait.
+TURNS_PER_JOB: int | None = 1
 
 
 def actions() -> dict:
@@ -232,20 +234,20 @@ def start_flow_for(contact_id: int, flow_name: str) -> engine.Turn:
 
 def enqueue_delivery(contact_id: int) -> None:
     """Deliver a contact's queued messages soon (operator sends, started flows)."""
-    get_queue("high").enqueue(run_contact, contact_id, result_ttl=0, failure_ttl=FAILURE_TTL)
+    get_queue("high").enqueue(run_contact, contact_id, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
 
 
-def _turn_with_retry(inbound, contact_id: int, claim_first: bool):
+def _turn_with_retry(inbound, contact, claim_first: bool):
     """The idle-session cleanup may expire the session under us: then redo the turn."""
     for _attempt in range(3):
-        contact = load_contact(contact_id)
         try:
             return contact, *process_inbound(inbound, contact, claim_first)
         except StaleDataError:
             db.session.rollback()
             claim_first = False  # the cleanup may have queued a notice: delivery takes the outbox head
-            log.info("session changed during the turn; redoing it", extra={"contact_id": contact_id})
-    raise RuntimeError(f"could not commit a turn for contact {contact_id} after 3 tries")
+            log.info("session changed during the turn; redoing it", extra={"contact_id": contact.id})
+            contact = load_contact(contact.id)
+    raise RuntimeError(f"could not commit a turn for contact {contact.id} after 3 tries")
 
 
 def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> None:
@@ -254,10 +256,10 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> N
     outbox_clear = False  # known to be empty since the last delivery pass
     turns = 0
     while max_turns is None or turns < max_turns:
+        contact = load_contact(contact_id)
+        if contact is None:
+            return
         if not outbox_clear:
-            contact = load_contact(contact_id)
-            if contact is None:
-                return
             due = deliver_due(contact_id, contact.wa_id, contact.last_inbound_at, extend=lock.extend)
             if due is not None:
                 schedule_wake(contact_id, due)
@@ -265,7 +267,7 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> N
         inbound = next_inbound(contact_id)
         if inbound is None:
             return
-        contact, turn, claimed = _turn_with_retry(inbound, contact_id, claim_first=outbox_clear)
+        contact, turn, claimed = _turn_with_retry(inbound, contact, claim_first=outbox_clear)
         first_sent: list[float] = []
 
         def on_sent(_message_id: int, when: float, sent: list = first_sent, inbound=inbound) -> None:
@@ -310,19 +312,23 @@ def has_work(contact_id: int) -> bool:
 def run_contact(contact_id: int) -> str:
     """The flow job: deliver the contact's outbox and answer its waiting messages, in order.
 
-    After ``TURNS_PER_JOB`` turns, or when the inbox is empty, the lock is released; work
-    that is still (or newly) waiting gets a new job at the back of the queue.
+    After ``TURNS_PER_JOB`` turns, or when the inbox is empty, the lock is released and the
+    contact's "queued" marker cleared; work that is still (or newly) waiting gets a new job
+    at the back of the queue, so every contact gets its turn.
     """
     lock = ContactLock(get_redis(), contact_id)
     if not lock.acquire():
-        return "busy"  # the holder re-checks for waiting work after it releases the lock
+        return "busy"  # the holder looks at the inbox again when it finishes
     try:
         drain(contact_id, lock, max_turns=TURNS_PER_JOB)
     finally:
         db.session.rollback()
-        lock.release()
+        pipe = get_redis().pipeline(transaction=False)  # one round trip for both
+        lock.release(pipe)
+        pipe.delete(queued_key(contact_id))
+        pipe.execute()
     if has_work(contact_id):
-        get_queue("high").enqueue(run_contact, contact_id, result_ttl=0, failure_ttl=FAILURE_TTL)
+        enqueue_flow_job(contact_id)
         return "requeued"
     return "done"
 

@@ -29,4 +29,4 @@ echo "web on http://127.0.0.1:$PORT  (webhook: /webhooks/whatsapp, health: /heal
 export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/instance/prometheus}"
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 # Not the one-shot 'release' line: honcho stops every process when one exits.
-exec honcho start -f Procfile -c "worker=${WORKER_PROCESSES:-2}" web worker football scheduler
+exec honcho start -f Procfile -c "worker=${WORKER_PROCESSES:-4}" web worker football scheduler

@@ -121,6 +121,19 @@ def test_procfile_processes():
     assert lines["scheduler"].strip().startswith("python scheduler.py")
 
 
+def test_gunicorn_settings_come_from_the_environment(monkeypatch):
+    import runpy
+
+    for name in ("WEB_CONCURRENCY", "WEB_THREADS", "WEB_ACCESS_LOG"):
+        monkeypatch.delenv(name, raising=False)
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert (conf["workers"], conf["threads"], conf["worker_class"], conf["accesslog"]) == (2, 4, "gthread", None)
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.setenv("WEB_ACCESS_LOG", "1")
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert (conf["workers"], conf["accesslog"]) == (3, "-")
+
+
 def test_worker_refuses_football_with_replies():
     from crm.worker import main
 
