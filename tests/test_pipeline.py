@@ -78,6 +78,22 @@ def test_one_contact_twenty_messages_several_workers(echo_app, graph):
     assert graph.texts("200") == [f"echo m{i} #{i}" for i in range(1, 21)]
 
 
+def test_a_busy_contact_cannot_hold_the_worker(echo_app, graph):
+    """One job per contact at a time, one turn per job: a contact with many waiting messages
+    goes to the back of the queue after each reply, so others are answered in between."""
+    from crm.extensions import get_queue
+
+    for i in range(1, 6):
+        send(echo_app, "300", f"a{i}")
+    send(echo_app, "301", "b1")
+    with echo_app.app_context():
+        assert get_queue("high").count == 2  # one job per contact, not one per message
+    run_worker(echo_app)
+    order = [(r["body"]["to"], r["body"]["text"]["body"]) for r in graph.requests if r["body"].get("type") == "text"]
+    assert order[:3] == [("300", "echo a1 #1"), ("301", "echo b1 #1"), ("300", "echo a2 #2")]
+    assert graph.texts("300") == [f"echo a{i} #{i}" for i in range(1, 6)]
+
+
 def test_fifty_contacts_ten_messages_exactly_once(echo_app, graph):
     for i in range(10):
         for c in range(50):
