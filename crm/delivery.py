@@ -94,12 +94,6 @@ def next_pending(contact_id: int, after: int = 0) -> Outgoing | None:
     return Outgoing(*row) if row is not None else None
 
 
-def has_due(contact_id: int, now: datetime) -> bool:
-    """Whether the head of the contact's outbox may be sent now (later messages wait for it)."""
-    head = next_pending(contact_id)
-    return head is not None and (head.next_attempt_at is None or head.next_attempt_at <= now)
-
-
 def claim(head: Outgoing, now: datetime) -> Outgoing:
     """Mark a row as being sent, in the caller's transaction: commit before the request."""
     db.session.execute(_CLAIM, {"b_id": head.id, "b_now": now, "b_deadline": now + UNKNOWN_OUTCOME_GRACE})

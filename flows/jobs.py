@@ -18,11 +18,11 @@ import logging
 from datetime import timedelta
 
 from rq.exceptions import DuplicateJobError
-from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy import DateTime, and_, bindparam, literal, or_, select, union_all
 from sqlalchemy.orm.exc import StaleDataError
 
 from crm import metrics
-from crm.delivery import PENDING, Outgoing, claim, deliver_due, get_client, has_due
+from crm.delivery import PENDING, Outgoing, claim, deliver_due, get_client
 from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_redis, get_settings
 from crm.intake import enqueue_flow_job, queued_key
 from crm.locks import ContactLock
@@ -305,8 +305,24 @@ def schedule_wake(contact_id: int, when) -> None:
                                  result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
 
 
+_INBOX_HEAD = (select(messages.c.id, literal(None, DateTime()).label("next_attempt_at"))
+               .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == "in",
+                      messages.c.processed_at.is_(None)).order_by(messages.c.id).limit(1).subquery())
+_OUTBOX_HEAD = (select(messages.c.id, messages.c.next_attempt_at)
+                .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == "out",
+                       messages.c.status.in_(PENDING)).order_by(messages.c.id).limit(1).subquery())
+# Both heads in one round trip: [inbox head (next_attempt_at NULL)], [outbox head]
+_HEADS = union_all(select(literal("in").label("box"), _INBOX_HEAD),
+                   select(literal("out").label("box"), _OUTBOX_HEAD))
+
+
 def has_work(contact_id: int) -> bool:
-    return next_inbound(contact_id) is not None or has_due(contact_id, utcnow())
+    """Whether a message waits for an answer, or the outbox head may be sent now."""
+    now = utcnow()
+    for box, _id, next_attempt_at in db.session.execute(_HEADS, {"b_contact": contact_id}):
+        if box == "in" or next_attempt_at is None or next_attempt_at <= now:
+            return True
+    return False
 
 
 def run_contact(contact_id: int) -> str:
