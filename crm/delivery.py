@@ -94,6 +94,11 @@ def next_pending(contact_id: int, after: int = 0) -> Outgoing | None:
     return Outgoing(*row) if row is not None else None
 
 
+def claim_new(values: dict, now: datetime) -> None:
+    """Insert values for an outbound row claimed at once (what ``claim`` does to a stored row)."""
+    values.update(status="sending", attempts=1, last_attempt_at=now, next_attempt_at=now + UNKNOWN_OUTCOME_GRACE)
+
+
 def claim(head: Outgoing, now: datetime) -> Outgoing:
     """Mark a row as being sent, in the caller's transaction: commit before the request."""
     db.session.execute(_CLAIM, {"b_id": head.id, "b_now": now, "b_deadline": now + UNKNOWN_OUTCOME_GRACE})

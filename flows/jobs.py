@@ -18,11 +18,11 @@ import logging
 from datetime import timedelta
 
 from rq.exceptions import DuplicateJobError
-from sqlalchemy import DateTime, and_, bindparam, literal, or_, select, union_all
+from sqlalchemy import JSON, DateTime, Float, String, and_, bindparam, cast, literal, null, or_, select, union_all
 from sqlalchemy.orm.exc import StaleDataError
 
 from crm import metrics
-from crm.delivery import PENDING, Outgoing, claim, deliver_due, get_client
+from crm.delivery import PENDING, Outgoing, claim_new, deliver_due, get_client
 from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_redis, get_settings
 from crm.intake import enqueue_flow_job, queued_key
 from crm.locks import ContactLock
@@ -59,11 +59,6 @@ def open_session(contact_id: int) -> FlowSession | None:
 # The reply path runs prebuilt table statements (see crm.delivery): a turn is a handful of
 # statements and one commit, with no ORM identity map to flush or reload.
 messages, sessions, contacts = Message.__table__, FlowSession.__table__, Contact.__table__
-_NEXT_INBOUND = (select(messages.c.id, messages.c.payload, messages.c.phone_number_id, messages.c.wa_message_id,
-                        messages.c.received_at)
-                 .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == "in",
-                        messages.c.processed_at.is_(None))
-                 .order_by(messages.c.id).limit(1))
 _CONTACT = select(contacts.c.id, contacts.c.wa_id, contacts.c.profile_name, contacts.c.custom_fields,
                   contacts.c.opted_out, contacts.c.blocked, contacts.c.last_inbound_at
                   ).where(contacts.c.id == bindparam("b_contact"))
@@ -89,11 +84,6 @@ _SESSION_NEW = sessions.insert().returning(sessions.c.id)
 _CONTACT_WRITE = (contacts.update().where(contacts.c.id == bindparam("b_id"))
                   .values(custom_fields=bindparam("b_fields"), opted_out=bindparam("b_opted_out")))
 _OUTBOUND_NEW = messages.insert().returning(messages.c.id)
-
-
-def next_inbound(contact_id: int):
-    """The contact's oldest unanswered message (id, payload, phone_number_id, wa_message_id, received_at)."""
-    return db.session.execute(_NEXT_INBOUND, {"b_contact": contact_id}).first()
 
 
 def load_contact(contact_id: int):
@@ -200,10 +190,13 @@ def apply_turn(turn: engine.Turn, contact, row, library: engine.Library, phone_n
                   "text": wa.summary(message), "payload": message, "phone_number_id": phone_number_id,
                   "status": "queued", "origin": "flow", "callback_id": Message.new_callback_id(),
                   "flow_session_id": session_id, "attempts": 0, "created_at": now}
+        first = claim_first and claimed is None and window_open(contact.last_inbound_at, now)
+        if first:
+            claim_new(values, now)
         message_id = db.session.execute(_OUTBOUND_NEW, values).scalar_one()
-        if claim_first and claimed is None and window_open(contact.last_inbound_at, now):
-            claimed = claim(Outgoing(message_id, message["type"], message, phone_number_id,
-                                     values["callback_id"], 0, None), now)
+        if first:
+            claimed = Outgoing(message_id, message["type"], message, phone_number_id, values["callback_id"],
+                               values["attempts"], values["next_attempt_at"])
         claim_first = False
     return session_id, claimed
 
@@ -253,18 +246,18 @@ def _turn_with_retry(inbound, contact, claim_first: bool):
 def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> None:
     """Deliver the outbox, then answer waiting messages (at most ``max_turns``), in order."""
     settings = get_settings()
-    outbox_clear = False  # known to be empty since the last delivery pass
     turns = 0
     while max_turns is None or turns < max_turns:
         contact = load_contact(contact_id)
         if contact is None:
             return
+        inbound, outbox_head = heads(contact_id)
+        outbox_clear = outbox_head is None
         if not outbox_clear:
             due = deliver_due(contact_id, contact.wa_id, contact.last_inbound_at, extend=lock.extend)
             if due is not None:
                 schedule_wake(contact_id, due)
             outbox_clear = due is None
-        inbound = next_inbound(contact_id)
         if inbound is None:
             return
         contact, turn, claimed = _turn_with_retry(inbound, contact, claim_first=outbox_clear)
@@ -281,7 +274,6 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> N
                           extend=lock.extend, claimed=claimed)
         if due is not None:
             schedule_wake(contact_id, due)
-        outbox_clear = due is None
         latency_ms = round((first_sent[0] - inbound.received_at) * 1000, 1) \
             if first_sent and inbound.received_at else None
         if latency_ms is not None:
@@ -305,24 +297,37 @@ def schedule_wake(contact_id: int, when) -> None:
                                  result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
 
 
-_INBOX_HEAD = (select(messages.c.id, literal(None, DateTime()).label("next_attempt_at"))
+_INBOX_HEAD = (select(messages.c.id, cast(null(), DateTime()).label("next_attempt_at"), messages.c.payload,
+                      messages.c.phone_number_id, messages.c.wa_message_id, messages.c.received_at)
                .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == "in",
                       messages.c.processed_at.is_(None)).order_by(messages.c.id).limit(1).subquery())
-_OUTBOX_HEAD = (select(messages.c.id, messages.c.next_attempt_at)
+_OUTBOX_HEAD = (select(messages.c.id, messages.c.next_attempt_at, cast(null(), JSON()).label("payload"),
+                       cast(null(), String()).label("phone_number_id"),
+                       cast(null(), String()).label("wa_message_id"), cast(null(), Float()).label("received_at"))
                 .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == "out",
                        messages.c.status.in_(PENDING)).order_by(messages.c.id).limit(1).subquery())
-# Both heads in one round trip: [inbox head (next_attempt_at NULL)], [outbox head]
 _HEADS = union_all(select(literal("in").label("box"), _INBOX_HEAD),
                    select(literal("out").label("box"), _OUTBOX_HEAD))
 
 
+def heads(contact_id: int):
+    """(inbox head, outbox head) in one round trip: the oldest unanswered inbound row (id, payload,
+    phone_number_id, wa_message_id, received_at) and the oldest unsent outbound row (id,
+    next_attempt_at), each None when there is none."""
+    inbox = outbox = None
+    for row in db.session.execute(_HEADS, {"b_contact": contact_id}):
+        if row.box == "in":
+            inbox = row
+        else:
+            outbox = row
+    return inbox, outbox
+
+
 def has_work(contact_id: int) -> bool:
     """Whether a message waits for an answer, or the outbox head may be sent now."""
-    now = utcnow()
-    for box, _id, next_attempt_at in db.session.execute(_HEADS, {"b_contact": contact_id}):
-        if box == "in" or next_attempt_at is None or next_attempt_at <= now:
-            return True
-    return False
+    inbox, outbox = heads(contact_id)
+    return inbox is not None or (outbox is not None and (
+        outbox.next_attempt_at is None or outbox.next_attempt_at <= utcnow()))
 
 
 def run_contact(contact_id: int) -> str:

@@ -201,7 +201,7 @@ def test_live_sync_only_when_live_or_due_and_notifies_followers(fapp, api, graph
     api.events = [event(1, 1, "Arsenal", 2, "Chelsea", kickoff, "", live="0"),
                   event(2, 3, "Everton", 4, "Fulham", kickoff, "", live="0")]
     with fapp.app_context():
-        jobs.sync_upcoming(days=1)
+        jobs.sync_results(days=1)  # yesterday and today: the kickoff may fall before midnight
         arsenal = db.session.execute(select(Team).where(Team.name == "Arsenal")).scalar_one()
         fan = Contact(wa_id="4477", profile_name="Fan", last_inbound_at=utcnow())
         away = Contact(wa_id="4488", profile_name="Old", last_inbound_at=utcnow() - timedelta(days=3))
