@@ -116,19 +116,22 @@ def _claim_if_sendable(head: Outgoing | None, last_inbound_at, now) -> Outgoing 
 
 
 def deliver_due(contact_id: int, wa_id: str, last_inbound_at: datetime | None, on_sent=None, extend=None,
-                claimed: Outgoing | None = None) -> datetime | None:
+                claimed: Outgoing | None = None, then: list[Outgoing] | None = None) -> datetime | None:
     """Send the contact's due messages in order.
 
     Returns when the head message will next be due (the caller schedules a wake-up),
     or None when nothing is left waiting. ``claimed`` is a head row the caller already
-    committed as ``sending``. ``on_sent(message_id, when)`` is called after each accepted
-    send, in the transaction that records it; ``extend()`` after each request (to keep
-    the lock). One commit per accepted message: it records the send and claims the next row.
+    committed as ``sending``, and ``then`` the rows it knows follow it (a turn's other
+    messages): the outbox is not read again until they are sent. ``on_sent(message_id,
+    when)`` is called after each accepted send, in the transaction that records it;
+    ``extend()`` after each request (to keep the lock). One commit per accepted message:
+    it records the send and claims the next row.
     """
     settings = get_settings()
     client = get_client()
     while True:
         if claimed is None:
+            then = None  # reading the outbox again: it tells what follows
             head = next_pending(contact_id)
             if head is None:
                 return None
@@ -151,7 +154,10 @@ def deliver_due(contact_id: int, wa_id: str, last_inbound_at: datetime | None, o
             db.session.execute(_SENT, {"b_id": msg.id, "b_wamid": result.wa_message_id, "b_now": now})
             if on_sent:
                 on_sent(msg.id, time.time())
-            following = next_pending(contact_id, after=msg.id)
+            if then is not None:  # rows queued meanwhile by others wait for the caller's next pass
+                following = then.pop(0) if then else None
+            else:
+                following = next_pending(contact_id, after=msg.id)
             claimed = _claim_if_sendable(following, last_inbound_at, now)
             db.session.commit()
             metrics.SENDS.labels("sent", "").inc()

@@ -119,11 +119,13 @@ def session_of(row) -> engine.Session:
     return engine.Session.from_row(row.flow_name, row.step_id, row.status, row.state, row.flow_version)
 
 
-def process_inbound(inbound, contact, claim_first: bool) -> tuple[engine.Turn | None, Outgoing | None]:
+def process_inbound(inbound, contact, claim_first: bool) -> tuple[engine.Turn | None, list[Outgoing] | None]:
     """Run the engine for one inbound message and commit everything it produced at once.
 
     With ``claim_first`` (the outbox was empty before the turn) the turn's first message is
-    committed already claimed for sending, so that delivery needs no commit of its own.
+    committed already claimed for sending, so that delivery needs no commit of its own, and
+    its rows are returned (the outbox then holds exactly them); otherwise None is returned
+    in their place and delivery reads the outbox.
     """
     now = utcnow()
     if contact.blocked:
@@ -137,20 +139,21 @@ def process_inbound(inbound, contact, claim_first: bool) -> tuple[engine.Turn | 
     message = engine.Inbound(type=kind, text=text, reply_id=reply_id, payload=inbound.payload)
     turn = engine.handle(library, session_of(row), message, contact_context(contact),
                          engine.EngineSettings.from_settings(settings), actions())
-    session_id, claimed = apply_turn(turn, contact, row, library, inbound.phone_number_id, now,
-                                     claim_first=claim_first)
+    session_id, rows, claimed = apply_turn(turn, contact, row, library, inbound.phone_number_id, now,
+                                           claim_first=claim_first)
     db.session.execute(_PROCESSED, {"b_id": inbound.id, "b_now": now, "b_session": session_id})
     db.session.commit()
-    return turn, claimed
+    return turn, rows if claimed else None
 
 
 def apply_turn(turn: engine.Turn, contact, row, library: engine.Library, phone_number_id: str, now,
-               claim_first: bool = False) -> tuple[int | None, Outgoing | None]:
+               claim_first: bool = False) -> tuple[int | None, list[Outgoing], bool]:
     """Write a turn's session, contact changes and outbound rows into the open transaction.
 
     ``contact`` and ``row`` (the open session, or None) are what was read before the turn.
-    Returns the session's id and, with ``claim_first``, the first outbound row claimed for
-    sending. Raises StaleDataError when the session changed since it was read.
+    Returns the session's id, the outbound rows in order, and whether the first was inserted
+    already claimed for sending (asked with ``claim_first``, done when the 24-hour window is
+    open). Raises StaleDataError when the session changed since it was read.
     """
     new = turn.session
     fields, opted_out, changed = dict(contact.custom_fields or {}), contact.opted_out, False
@@ -184,21 +187,19 @@ def apply_turn(turn: engine.Turn, contact, row, library: engine.Library, phone_n
             values.update(b_status="ended", b_ended=now, b_reason=ends[-1] if ends else "completed")
         if db.session.execute(_SESSION_WRITE, values).rowcount != 1:
             raise StaleDataError(f"flow session {session_id} changed during the turn")
-    claimed = None
+    rows: list[Outgoing] = []
+    claim_first = claim_first and bool(turn.messages) and window_open(contact.last_inbound_at, now)
     for message in turn.messages:
         values = {"contact_id": contact.id, "direction": "out", "type": message["type"],
                   "text": wa.summary(message), "payload": message, "phone_number_id": phone_number_id,
                   "status": "queued", "origin": "flow", "callback_id": Message.new_callback_id(),
-                  "flow_session_id": session_id, "attempts": 0, "created_at": now}
-        first = claim_first and claimed is None and window_open(contact.last_inbound_at, now)
-        if first:
+                  "flow_session_id": session_id, "attempts": 0, "created_at": now, "next_attempt_at": None}
+        if claim_first and not rows:
             claim_new(values, now)
         message_id = db.session.execute(_OUTBOUND_NEW, values).scalar_one()
-        if first:
-            claimed = Outgoing(message_id, message["type"], message, phone_number_id, values["callback_id"],
-                               values["attempts"], values["next_attempt_at"])
-        claim_first = False
-    return session_id, claimed
+        rows.append(Outgoing(message_id, message["type"], message, phone_number_id, values["callback_id"],
+                             values["attempts"], values["next_attempt_at"]))
+    return session_id, rows, claim_first
 
 
 def close_session(row, reason: str, now) -> None:
@@ -260,7 +261,7 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> N
             outbox_clear = due is None
         if inbound is None:
             return
-        contact, turn, claimed = _turn_with_retry(inbound, contact, claim_first=outbox_clear)
+        contact, turn, rows = _turn_with_retry(inbound, contact, claim_first=outbox_clear)
         first_sent: list[float] = []
 
         def on_sent(_message_id: int, when: float, sent: list = first_sent, inbound=inbound) -> None:
@@ -271,7 +272,7 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> N
                                                    "b_ms": round((when - inbound.received_at) * 1000, 1)})
 
         due = deliver_due(contact_id, contact.wa_id, contact.last_inbound_at, on_sent=on_sent,
-                          extend=lock.extend, claimed=claimed)
+                          extend=lock.extend, claimed=rows[0] if rows else None, then=rows[1:] if rows else None)
         if due is not None:
             schedule_wake(contact_id, due)
         latency_ms = round((first_sent[0] - inbound.received_at) * 1000, 1) \
