@@ -25,6 +25,7 @@ from sqlalchemy import bindparam, func, select
 from crm import metrics
 from crm.extensions import db, get_settings
 from crm.models import Message, utcnow, window_open
+from integrations.whatsapp import messages as wa
 from integrations.whatsapp.client import SendResult, WhatsAppClient
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,17 @@ def backoff(attempt: int, base: float = 2.0, cap: float = 120.0) -> timedelta:
 messages = Message.__table__
 _OUT_COLUMNS = (messages.c.id, messages.c.type, messages.c.payload, messages.c.phone_number_id,
                 messages.c.callback_id, messages.c.attempts, messages.c.next_attempt_at)
-_HEAD = (select(*_OUT_COLUMNS)
-         .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == "out",
-                messages.c.status.in_(PENDING), messages.c.id > bindparam("b_after"))
-         .order_by(messages.c.id).limit(1))
+
+
+def outbox_head(*columns):
+    """SELECT ``columns`` of the oldest unsent row of the contact bound as ``b_contact``."""
+    return (select(*columns)
+            .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == "out",
+                   messages.c.status.in_(PENDING))
+            .order_by(messages.c.id).limit(1))
+
+
+_HEAD = outbox_head(*_OUT_COLUMNS).where(messages.c.id > bindparam("b_after"))
 _CLAIM = (messages.update().where(messages.c.id == bindparam("b_id"))
           .values(status="sending", attempts=messages.c.attempts + 1, last_attempt_at=bindparam("b_now"),
                   next_attempt_at=bindparam("b_deadline")))
@@ -92,6 +100,16 @@ def next_pending(contact_id: int, after: int = 0) -> Outgoing | None:
     """The head of the contact's outbox (the oldest queued or sending row after ``after``)."""
     row = db.session.execute(_HEAD, {"b_contact": contact_id, "b_after": after}).first()
     return Outgoing(*row) if row is not None else None
+
+
+def outbound_values(contact_id: int, phone_number_id: str, message: dict, origin: str,
+                    session_id: int | None, now: datetime, text: str | None = None) -> dict:
+    """The columns of a new outbound row, queued (every writer of the outbox uses these)."""
+    return {"contact_id": contact_id, "direction": "out", "type": message["type"],
+            "text": text if text is not None else wa.summary(message), "payload": message,
+            "phone_number_id": phone_number_id, "status": "queued", "origin": origin,
+            "callback_id": Message.new_callback_id(), "flow_session_id": session_id, "attempts": 0,
+            "created_at": now, "next_attempt_at": None}
 
 
 def claim_new(values: dict, now: datetime) -> None:

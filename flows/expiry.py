@@ -20,6 +20,7 @@ from rq import Queue
 from sqlalchemy import func, insert, select, update
 
 from crm import metrics
+from crm.delivery import outbound_values
 from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_settings
 from crm.models import Message, utcnow
 from flows.models import FlowSession
@@ -63,11 +64,9 @@ def expire_idle_sessions(now=None, batch: int = 1000) -> dict:
         if wanted:
             numbers = _reply_numbers([r.contact_id for r in wanted]) if wanted else {}
             payload = [
-                {"contact_id": r.contact_id, "direction": "out", "type": "text", "text": texts[r.flow_name],
-                 "payload": wa.text(texts[r.flow_name][: wa.TEXT_MAX]), "status": "queued", "origin": "expiry",
-                 "phone_number_id": numbers.get(r.contact_id) or settings.whatsapp_phone_number_id,
-                 "callback_id": Message.new_callback_id(), "flow_session_id": r.id, "attempts": 0,
-                 "created_at": now}
+                outbound_values(r.contact_id, numbers.get(r.contact_id) or settings.whatsapp_phone_number_id,
+                                wa.text(texts[r.flow_name][: wa.TEXT_MAX]), "expiry", r.id, now,
+                                text=texts[r.flow_name])
                 for r in wanted
             ]
             db.session.execute(insert(Message), payload)

@@ -22,7 +22,7 @@ from sqlalchemy import JSON, DateTime, Float, String, and_, bindparam, cast, lit
 from sqlalchemy.orm.exc import StaleDataError
 
 from crm import metrics
-from crm.delivery import PENDING, Outgoing, claim_new, deliver_due, get_client
+from crm.delivery import PENDING, Outgoing, claim_new, deliver_due, get_client, outbound_values, outbox_head
 from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_redis, get_settings
 from crm.intake import enqueue_flow_job, queued_key
 from crm.locks import ContactLock
@@ -31,7 +31,6 @@ from flows import engine
 from flows.document import DEFAULT_EXPIRED
 from flows.models import OPEN_STATUSES, FlowSession
 from flows.store import library_cache
-from integrations.whatsapp import messages as wa
 from integrations.whatsapp.inbound import describe
 
 log = logging.getLogger(__name__)
@@ -105,10 +104,7 @@ def idle_minutes(library: engine.Library, flow_name: str) -> float:
 def queue_outbound(contact: Contact, phone_number_id: str, message: dict, origin: str,
                    session_id: int | None = None, now=None) -> Message:
     """Add a message to the contact's outbox in the open ORM transaction (operator and system sends)."""
-    row = Message(contact_id=contact.id, direction="out", type=message["type"], text=wa.summary(message),
-                  payload=message, phone_number_id=phone_number_id, status="queued", origin=origin,
-                  callback_id=Message.new_callback_id(), flow_session_id=session_id, attempts=0,
-                  created_at=now or utcnow())
+    row = Message(**outbound_values(contact.id, phone_number_id, message, origin, session_id, now or utcnow()))
     db.session.add(row)
     return row
 
@@ -190,10 +186,7 @@ def apply_turn(turn: engine.Turn, contact, row, library: engine.Library, phone_n
     rows: list[Outgoing] = []
     claim_first = claim_first and bool(turn.messages) and window_open(contact.last_inbound_at, now)
     for message in turn.messages:
-        values = {"contact_id": contact.id, "direction": "out", "type": message["type"],
-                  "text": wa.summary(message), "payload": message, "phone_number_id": phone_number_id,
-                  "status": "queued", "origin": "flow", "callback_id": Message.new_callback_id(),
-                  "flow_session_id": session_id, "attempts": 0, "created_at": now, "next_attempt_at": None}
+        values = outbound_values(contact.id, phone_number_id, message, "flow", session_id, now)
         if claim_first and not rows:
             claim_new(values, now)
         message_id = db.session.execute(_OUTBOUND_NEW, values).scalar_one()
@@ -262,21 +255,18 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> N
         if inbound is None:
             return
         contact, turn, rows = _turn_with_retry(inbound, contact, claim_first=outbox_clear)
-        first_sent: list[float] = []
+        reply_ms: list[float] = []  # webhook -> first accepted send, once known
 
-        def on_sent(_message_id: int, when: float, sent: list = first_sent, inbound=inbound) -> None:
-            if not sent:
-                sent.append(when)
-                if inbound.received_at:
-                    db.session.execute(_REPLY_MS, {"b_id": inbound.id,
-                                                   "b_ms": round((when - inbound.received_at) * 1000, 1)})
+        def on_sent(_message_id: int, when: float, reply_ms: list = reply_ms, inbound=inbound) -> None:
+            if not reply_ms and inbound.received_at:
+                reply_ms.append(round((when - inbound.received_at) * 1000, 1))
+                db.session.execute(_REPLY_MS, {"b_id": inbound.id, "b_ms": reply_ms[0]})
 
         due = deliver_due(contact_id, contact.wa_id, contact.last_inbound_at, on_sent=on_sent,
                           extend=lock.extend, claimed=rows[0] if rows else None, then=rows[1:] if rows else None)
         if due is not None:
             schedule_wake(contact_id, due)
-        latency_ms = round((first_sent[0] - inbound.received_at) * 1000, 1) \
-            if first_sent and inbound.received_at else None
+        latency_ms = reply_ms[0] if reply_ms else None
         if latency_ms is not None:
             metrics.REPLY_LATENCY.observe(latency_ms / 1000)
         session = turn.session if turn else None
@@ -302,11 +292,10 @@ _INBOX_HEAD = (select(messages.c.id, cast(null(), DateTime()).label("next_attemp
                       messages.c.phone_number_id, messages.c.wa_message_id, messages.c.received_at)
                .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == "in",
                       messages.c.processed_at.is_(None)).order_by(messages.c.id).limit(1).subquery())
-_OUTBOX_HEAD = (select(messages.c.id, messages.c.next_attempt_at, cast(null(), JSON()).label("payload"),
-                       cast(null(), String()).label("phone_number_id"),
-                       cast(null(), String()).label("wa_message_id"), cast(null(), Float()).label("received_at"))
-                .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == "out",
-                       messages.c.status.in_(PENDING)).order_by(messages.c.id).limit(1).subquery())
+_OUTBOX_HEAD = outbox_head(messages.c.id, messages.c.next_attempt_at, cast(null(), JSON()).label("payload"),
+                           cast(null(), String()).label("phone_number_id"),
+                           cast(null(), String()).label("wa_message_id"),
+                           cast(null(), Float()).label("received_at")).subquery()
 _HEADS = union_all(select(literal("in").label("box"), _INBOX_HEAD),
                    select(literal("out").label("box"), _OUTBOX_HEAD))
 
