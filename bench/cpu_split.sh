@@ -10,11 +10,11 @@ source bench/_stack.sh
 C="--target $T --app-secret bench-secret --graph-token bench-token"
 python3 "$W" $C -c 20 -m 3 --concurrency 20 --timeout 60 --label warm >/dev/null
 snapshot() {  # name ticks, for the stack's processes, Redis and PostgreSQL
-  for p in $(pgrep -f 'gunicorn wsgi|crm.worker|scheduler.py|redis-server|postgres|honcho' || true); do
+  for p in $(pgrep -f 'gunicorn wsgi|crm.app.worker|scheduler.py|redis-server|postgres|honcho' || true); do
     [ -r "/proc/$p/stat" ] || continue
     cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" | cut -c1-60)
     case "$cmd" in
-      *gunicorn*) n=web;; *"crm.worker low"*) n=football;; *crm.worker*) n=reply-worker;;
+      *gunicorn*) n=web;; *"crm.app.worker low"*) n=football;; *crm.app.worker*) n=reply-worker;;
       *scheduler.py*) n=scheduler;; *redis-server*) n=redis;; *postgres*) n=postgres;; *honcho*) n=honcho-logs;; *) n=other;;
     esac
     awk -v n="$n" -v p="$p" '{sub(/^.*\) /, ""); print n, p, $12 + $13}' "/proc/$p/stat"

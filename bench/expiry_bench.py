@@ -28,10 +28,10 @@ def main() -> None:
     from flask_migrate import upgrade
     from sqlalchemy import insert
 
-    from crm import create_app
-    from crm.extensions import db
-    from crm.models import Contact, Message, utcnow
-    from flows.expiry import expire_idle_sessions
+    from crm.app import create_app
+    from crm.base.extensions import db
+    from crm.base.models import Contact, Message, utcnow
+    from crm.replies.expiry import expire_idle_sessions
     from flows.models import FlowSession
 
     app = create_app()

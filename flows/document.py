@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flows.text import normalize
 from integrations.whatsapp import messages as wa
 
 NAME_RE = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
@@ -286,7 +287,7 @@ class FlowDoc(Strict):
 
 def _targets(step) -> list[tuple[tuple, str]]:
     """(path within the step, target step id) for every jump a step can make."""
-    out = []
+    out: list[tuple[tuple, str]] = []
     for attr in ("next", "on_invalid", "on_error", "default"):
         target = getattr(step, attr, None)
         if target:
@@ -328,7 +329,8 @@ def _check_limits(step) -> list[tuple[tuple, str]]:
         problems.append((("button",), f"list button label is longer than {wa.LIST_BUTTON_MAX} characters"))
     for attr in ("text",):
         value = getattr(step, attr, None)
-        if isinstance(step, (QuestionStep, HandoverStep, EndStep)) and _static(value) and len(value) > wa.TEXT_MAX:
+        if (isinstance(step, (QuestionStep, HandoverStep, EndStep)) and isinstance(value, str) and _static(value)
+                and len(value) > wa.TEXT_MAX):
             problems.append(((attr,), f"text is {len(value)} characters; the limit is {wa.TEXT_MAX}"))
     for i, msg in enumerate(getattr(step, "messages", None) or []):
         if all(_static(t) for t in _message_texts(msg)):
@@ -450,7 +452,8 @@ class LoadedFlow:
 
 def _where(data: Any, loc: tuple, lines: dict[tuple, int]) -> tuple[tuple, int | None]:
     """Map a pydantic/semantic location onto the data path (skipping union tags) and its line."""
-    path, node = (), data
+    path: tuple = ()
+    node = data
     for part in loc:
         if isinstance(node, dict) and part in node:
             node, path = node[part], path + (part,)
@@ -536,8 +539,6 @@ def check_library(flows: list[FlowDoc]) -> list[str]:
         for step in flow.steps:
             if isinstance(step, EnterFlowStep) and step.flow not in names:
                 problems.append(f"flow {flow.name!r} step {step.id!r} field 'flow': unknown flow {step.flow!r}")
-    from flows.engine import normalize
-
     owners: dict[tuple[str, int], str] = {}
     for flow in flows:
         for word in flow.triggers.keywords:

@@ -11,26 +11,25 @@ are callables the caller passes in.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
 from jinja2 import ChainableUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
+from crm.base.config import Settings
+from crm.base.enums import EndReason, SessionStatus
 from flows import document as d
+from flows import events as ev
+from flows.text import is_email, is_phone, normalize, parse_date, parse_number
 from integrations.whatsapp import messages as wa
 
 MAX_STEPS_PER_TURN = 100
 PAGE_SIZE = 9  # rows per page when options spill over 10: 9 + "More"
 MORE_PREFIX = "__more__:"
 MEDIA_TYPES = {"image", "audio", "voice", "video", "document", "sticker"}
-EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
-PHONE_RE = re.compile(r"\+?\d{7,15}")
-DATE_FORMATS = ("%Y-%m-%d", "%d/%m/%Y", "%d-%m-%Y", "%d.%m.%Y", "%d %B %Y", "%d %b %Y")
 
 
 # --- inputs and outputs -----------------------------------------------------
@@ -63,28 +62,29 @@ class Session:
 
 
 @dataclass
-class Effect:
-    kind: str  # session_started | session_ended | set_contact_field | opt_out | opt_in | handover | error
-    data: dict = field(default_factory=dict)
-
-
-@dataclass
 class Turn:
     session: Session
     messages: list[dict] = field(default_factory=list)
-    effects: list[Effect] = field(default_factory=list)
+    events: list[ev.Event] = field(default_factory=list)
 
-    def effect(self, kind: str) -> Effect | None:
-        return next((e for e in self.effects if e.kind == kind), None)
+    @property
+    def effects(self) -> list[ev.Event]:
+        return self.events
+
+    def effect(self, kind: str | type[ev.Event]) -> ev.Event | None:
+        """The first event of a type (or of a ``kind`` name), or None."""
+        if isinstance(kind, str):
+            return next((e for e in self.events if e.kind == kind), None)
+        return next((e for e in self.events if isinstance(e, kind)), None)
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    main_menu_flow: str = "welcome"
-    menu_keywords: tuple[str, ...] = ("menu",)
-    cancel_keywords: tuple[str, ...] = ("cancel", "stop")
-    optout_keywords: tuple[str, ...] = ("stop",)
-    optin_keywords: tuple[str, ...] = ("start",)
+    main_menu_flow: str = Settings.default("main_menu_flow")
+    menu_keywords: tuple[str, ...] = Settings.default("menu_keywords")
+    cancel_keywords: tuple[str, ...] = Settings.default("cancel_keywords")
+    optout_keywords: tuple[str, ...] = Settings.default("optout_keywords")
+    optin_keywords: tuple[str, ...] = Settings.default("optin_keywords")
     cancel_message: str = "OK, stopped. Send 'menu' whenever you want to start again."
     optout_message: str = "You will not get any more messages from us. Send 'start' to subscribe again."
     optin_message: str = "Welcome back! Send 'menu' to see what I can do."
@@ -128,53 +128,6 @@ class Library:
         return None
 
 
-# --- text helpers -----------------------------------------------------------
-
-_PUNCT = re.compile(r"[^\w\s]+")
-_SPACE = re.compile(r"\s+")
-
-
-def normalize(text: str | None) -> str:
-    """Trim, case-fold, drop punctuation, collapse spaces: 'Hi!' -> 'hi'."""
-    if not text:
-        return ""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
-
-
-def parse_number(text: Any) -> float | None:
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    if not isinstance(text, str):
-        return None
-    cleaned = text.strip().replace(" ", "")
-    if cleaned.count(",") == 1 and "." not in cleaned:
-        cleaned = cleaned.replace(",", ".")
-    try:
-        return float(cleaned)
-    except ValueError:
-        return None
-
-
-def parse_date(text: str | None) -> date | None:
-    if not text:
-        return None
-    for fmt in DATE_FORMATS:
-        try:
-            return datetime.strptime(text.strip(), fmt).date()
-        except ValueError:
-            continue
-    return None
-
-
-def is_email(text: str | None) -> bool:
-    return bool(text and EMAIL_RE.fullmatch(text.strip()))
-
-
-def is_phone(text: str | None) -> bool:
-    return bool(text and PHONE_RE.fullmatch(re.sub(r"[\s\-().]", "", text)))
-
-
 # --- templating -------------------------------------------------------------
 
 _env = SandboxedEnvironment(autoescape=False, undefined=ChainableUndefined, keep_trailing_newline=True)
@@ -189,7 +142,7 @@ class Renderer:
     """Renders template *sources* from flow documents, once. Values typed by users
     are data in the context and are never compiled as templates."""
 
-    def __init__(self, contact: dict, session: Session, errors: list[Effect], message: dict | None = None):
+    def __init__(self, contact: dict, session: Session, errors: list[ev.Event], message: dict | None = None):
         self.contact, self.session, self.errors = contact, session, errors
         self.message = message or {}
 
@@ -201,7 +154,7 @@ class Renderer:
         try:
             return _compile(source).render(context)
         except Exception as exc:  # noqa: BLE001 - a template bug must not kill the turn
-            self.errors.append(Effect("error", {"template": source[:200], "error": str(exc)}))
+            self.errors.append(ev.FlowFailed({"template": source[:200], "error": str(exc)}))
             return ""
 
     def value(self, value: Any) -> Any:
@@ -224,7 +177,7 @@ class _Run:
                                dict(session.waiting) if session.waiting else None, session.flow_version)
         self.contact = {**contact, "fields": dict(contact.get("fields") or {})}
         self.turn = Turn(self.session)
-        self.render = Renderer(self.contact, self.session, self.turn.effects,
+        self.render = Renderer(self.contact, self.session, self.turn.events,
                                {"text": inbound.text, "type": inbound.type, "reply_id": inbound.reply_id})
 
     # outputs
@@ -239,8 +192,8 @@ class _Run:
 
     def end(self, reason: str, text: str | None = None) -> None:
         self.say_text(text)
-        self.session.status, self.session.waiting = "ended", None
-        self.turn.effects.append(Effect("session_ended", {"reason": reason, "flow": self.session.flow}))
+        self.session.status, self.session.waiting = SessionStatus.ENDED, None
+        self.turn.events.append(ev.SessionEnded(reason, self.session.flow))
 
     # entry
     def handle(self) -> Turn:
@@ -249,49 +202,49 @@ class _Run:
         norm = normalize(inbound.text) if textual else ""
         if self.contact.get("opted_out"):
             if norm in settings.optin_keywords:
-                self.turn.effects.append(Effect("opt_in"))
+                self.turn.events.append(ev.OptedIn())
                 self.contact["opted_out"] = False
                 self.say_text(settings.optin_message)
             return self.turn
-        if s.status == "handover":
+        if s.status == SessionStatus.HANDOVER:
             return self.turn  # a human owns the conversation: the bot stays silent
         if inbound.type == "text" and norm:
             if norm in settings.optout_keywords:
-                if s.status == "active":
-                    self.end("stopped")
-                self.turn.effects.append(Effect("opt_out"))
+                if s.status == SessionStatus.ACTIVE:
+                    self.end(EndReason.STOPPED)
+                self.turn.events.append(ev.OptedOut())
                 self.say_text(settings.optout_message)
                 return self.turn
             if norm in settings.cancel_keywords:
-                if s.status == "active":
-                    self.end("cancelled", settings.cancel_message)
+                if s.status == SessionStatus.ACTIVE:
+                    self.end(EndReason.CANCELLED, settings.cancel_message)
                 return self.turn
             if norm in settings.menu_keywords and settings.main_menu_flow in self.library.flows:
-                return self.start(self.library.flows[settings.main_menu_flow], "restarted")
-        if s.status == "active" and s.flow in self.library.flows:
+                return self.start(self.library.flows[settings.main_menu_flow], EndReason.RESTARTED)
+        if s.status == SessionStatus.ACTIVE and s.flow in self.library.flows:
             flow = self.library.flows[s.flow]
-            step = self.library.steps[flow.name].get(s.step)
+            step = self.library.steps[flow.name].get(s.step or "")
             if isinstance(step, d.QuestionStep):
                 trigger = self.library.match(None, inbound.reply_id) if inbound.reply_id else None
                 if trigger is not None and not self._matches_option(flow, step):
-                    return self.start(trigger, "interrupted")
+                    return self.start(trigger, EndReason.INTERRUPTED)
                 self.answer(flow, step)
                 return self.turn
-        elif s.status == "active":
+        elif s.status == SessionStatus.ACTIVE:
             # The flow was deleted or deactivated under the session.
-            self.end("flow_unavailable")
-        flow = self.library.match(norm, inbound.reply_id) or self.library.catch_all
-        if flow is not None:
-            return self.start(flow, "restarted")
+            self.end(EndReason.FLOW_UNAVAILABLE)
+        matched = self.library.match(norm, inbound.reply_id) or self.library.catch_all
+        if matched is not None:
+            return self.start(matched, EndReason.RESTARTED)
         return self.turn
 
     def start(self, flow: d.FlowDoc, previous_end: str) -> Turn:
         s = self.session
-        if s.status == "active":
-            self.turn.effects.append(Effect("session_ended", {"reason": previous_end, "flow": s.flow}))
-        s.flow, s.status, s.vars, s.waiting = flow.name, "active", {}, None
+        if s.status == SessionStatus.ACTIVE:
+            self.turn.events.append(ev.SessionEnded(previous_end, s.flow))
+        s.flow, s.status, s.vars, s.waiting = flow.name, SessionStatus.ACTIVE, {}, None
         s.flow_version = self.library.versions.get(flow.name)
-        self.turn.effects.append(Effect("session_started", {"flow": flow.name}))
+        self.turn.events.append(ev.SessionStarted(flow.name))
         self.run(flow, flow.start_step)
         return self.turn
 
@@ -300,7 +253,7 @@ class _Run:
         s = self.session
         for _ in range(MAX_STEPS_PER_TURN):
             if step_id is None:
-                self.end("completed")
+                self.end(EndReason.COMPLETED)
                 return
             step = self.library.steps[flow.name][step_id]
             s.step = step_id
@@ -318,7 +271,7 @@ class _Run:
                 for name, value in step.contact_fields.items():
                     rendered = self.render.value(value)
                     self.contact["fields"][name] = rendered
-                    self.turn.effects.append(Effect("set_contact_field", {"name": name, "value": rendered}))
+                    self.turn.events.append(ev.FieldSet(name, rendered))
                 step_id = self.library.next_of(flow, step)
             elif isinstance(step, d.RouteStep):
                 step_id = next((c.next for c in step.cases if self.holds(c.when)), step.default)
@@ -327,27 +280,27 @@ class _Run:
             elif isinstance(step, d.EnterFlowStep):
                 target = self.library.flows.get(step.flow)
                 if target is None:
-                    self.end("flow_unavailable")
+                    self.end(EndReason.FLOW_UNAVAILABLE)
                     return
                 s.flow, s.flow_version = target.name, self.library.versions.get(target.name)
-                self.turn.effects.append(Effect("flow_entered", {"flow": target.name}))
+                self.turn.events.append(ev.FlowEntered(target.name))
                 flow, step_id = target, target.start_step
             elif isinstance(step, d.HandoverStep):
                 self.say_text(step.text)
-                s.status, s.waiting = "handover", None
-                self.turn.effects.append(Effect("handover", {"flow": flow.name, "step": step.id}))
+                s.status, s.waiting = SessionStatus.HANDOVER, None
+                self.turn.events.append(ev.HandoverRequested(flow.name, step.id))
                 return
             elif isinstance(step, d.EndStep):
-                self.end("completed", step.text)
+                self.end(EndReason.COMPLETED, step.text)
                 return
-        self.turn.effects.append(Effect("error", {"error": f"more than {MAX_STEPS_PER_TURN} steps in one turn"}))
-        self.end("loop")
+        self.turn.events.append(ev.FlowFailed({"error": f"more than {MAX_STEPS_PER_TURN} steps in one turn"}))
+        self.end(EndReason.LOOP)
 
     def _send_spec(self, spec) -> None:
         try:
             self.say(d.render_message(spec, self.render))
         except wa.MessageLimitError as exc:
-            self.turn.effects.append(Effect("error", {"step": self.session.step, "error": str(exc)}))
+            self.turn.events.append(ev.FlowFailed({"step": self.session.step, "error": str(exc)}))
 
     def call_action(self, flow: d.FlowDoc, step: d.ActionStep) -> str | None:
         fn = self.actions.get(step.action)
@@ -357,14 +310,14 @@ class _Run:
                 raise LookupError(f"no action named {step.action!r}")
             result = fn(params, {"contact": self.contact, "vars": self.session.vars})
         except Exception as exc:  # noqa: BLE001 - actions are outside code
-            self.turn.effects.append(Effect("error", {"action": step.action, "error": str(exc)}))
+            self.turn.events.append(ev.FlowFailed({"action": step.action, "error": str(exc)}))
             if step.save_as:
                 self.session.vars[step.save_as] = None
             return step.on_error or self.library.next_of(flow, step)
         if isinstance(result, dict) and "contact_fields" in result:
             for name, value in result.pop("contact_fields").items():
                 self.contact["fields"][name] = value
-                self.turn.effects.append(Effect("set_contact_field", {"name": name, "value": value}))
+                self.turn.events.append(ev.FieldSet(name, value))
         if step.save_as:
             self.session.vars[step.save_as] = result
         return self.library.next_of(flow, step)
@@ -404,7 +357,7 @@ class _Run:
                   "description": _clip(o["description"], wa.ROW_DESCRIPTION_MAX)} for o in rows]
         if more:
             items.append({"id": f"{MORE_PREFIX}{page + 1}", "title": "More…", "description": None})
-        self.say(wa.list_message(text[: wa.LIST_BODY_MAX], _clip(self.render(step.button), wa.LIST_BUTTON_MAX),
+        self.say(wa.list_message(text[: wa.LIST_BODY_MAX], _clip(self.render(step.button), wa.LIST_BUTTON_MAX) or "",
                                  [{"rows": items}], header, footer))
 
     def _matches_option(self, flow: d.FlowDoc, step: d.QuestionStep) -> bool:
@@ -415,11 +368,12 @@ class _Run:
 
     def answer(self, flow: d.FlowDoc, step: d.QuestionStep) -> None:
         s, inbound = self.session, self.inbound
+        waiting = s.waiting = s.waiting if s.waiting is not None else {"attempts": 0, "page": 0}
         if step.expect == "choice" and inbound.reply_id and inbound.reply_id.startswith(MORE_PREFIX):
             try:
-                s.waiting["page"] = int(inbound.reply_id[len(MORE_PREFIX):])
+                waiting["page"] = int(inbound.reply_id[len(MORE_PREFIX):])
             except ValueError:
-                s.waiting["page"] = 0
+                waiting["page"] = 0
             self.ask(step)
             return
         ok, value, chosen = self.validate(step)
@@ -431,13 +385,13 @@ class _Run:
             s.waiting = None
             self.run(flow, (chosen or {}).get("next") or self.library.next_of(flow, step))
             return
-        s.waiting["attempts"] = s.waiting.get("attempts", 0) + 1
-        if s.waiting["attempts"] >= step.max_attempts:
+        waiting["attempts"] = waiting.get("attempts", 0) + 1
+        if waiting["attempts"] >= step.max_attempts:
             s.waiting = None
             if step.on_invalid:
                 self.run(flow, step.on_invalid)
             else:
-                self.end("invalid", self.settings.invalid_end_message)
+                self.end(EndReason.INVALID, self.settings.invalid_end_message)
             return
         retry = self.render(step.retry_text) if step.retry_text else self.settings.retry_text
         if step.expect == "choice":
@@ -586,4 +540,4 @@ def start_flow(library: Library, session: Session, flow_name: str, contact: dict
     """
     run = _Run(library, session, Inbound(type="system", text=""), contact, settings or EngineSettings(),
                actions or {})
-    return run.start(library.flows[flow_name], "replaced")
+    return run.start(library.flows[flow_name], EndReason.REPLACED)

@@ -7,8 +7,9 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from crm.extensions import db
-from crm.models import BigId, utcnow
+from crm.base.enums import SessionStatus
+from crm.base.extensions import db
+from crm.base.models import BigId, utcnow
 
 
 class Flow(db.Model):
@@ -25,7 +26,6 @@ class Flow(db.Model):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-OPEN_STATUSES = ("active", "handover")
 
 
 class FlowSession(db.Model):
@@ -46,7 +46,7 @@ class FlowSession(db.Model):
     flow_name: Mapped[str] = mapped_column(String(64))
     flow_version: Mapped[int] = mapped_column(Integer)
     step_id: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))  # active | handover | ended | expired | reset
+    status: Mapped[SessionStatus] = mapped_column(String(16))
     state: Mapped[dict] = mapped_column(JSON, default=dict)  # engine state (variables, waiting, ...)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_activity_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -7,13 +7,14 @@ import time
 
 from sqlalchemy import select
 
-from crm.extensions import db, get_redis
-from crm.models import utcnow
+from crm.base import keys
+from crm.base.extensions import db, get_redis
+from crm.base.models import utcnow
 from flows.document import FlowDoc, FlowError, LoadedFlow, check_library, flow_files, parse_flow
 from flows.engine import Library
 from flows.models import Flow
 
-GENERATION_KEY = "crm:flows:generation"
+GENERATION_KEY = keys.FLOWS_GENERATION
 CACHE_SECONDS = 30.0  # upper bound on staleness even if the Redis bump was missed
 CHECK_SECONDS = 1.0  # how often a process asks Redis whether the flows changed (not on every turn)
 

@@ -16,16 +16,23 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, func, or_, select
 
-from crm.extensions import contains_pattern, db, get_settings
-from crm.intake import dialect_insert
-from crm.models import utcnow
-from flows.actions import action
+from crm.base.extensions import contains_pattern, db, dialect_insert, get_settings
+from crm.base.models import utcnow
 from football import parse
 from football.models import Fixture, League, Odds, Team, TeamFollow
 from integrations.whatsapp import messages as wa
 
+ACTIONS: dict = {}  # name -> fn(params, context); registered with the app by football.init_app
 MAX_OPTIONS = 50
 TEXT_BUDGET = wa.TEXT_MAX - 60  # room for the "…and N more" line
+
+
+def action(name: str):
+    def register(fn):
+        ACTIONS[name] = fn
+        return fn
+
+    return register
 
 
 def _int(params: dict, name: str, default: int, lo: int, hi: int) -> int:

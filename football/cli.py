@@ -6,7 +6,11 @@ import click
 from flask.cli import with_appcontext
 from sqlalchemy import func, select
 
-from crm.extensions import FAILURE_TTL, db, get_queue
+from crm.base import keys
+from crm.base.extensions import db, get_queue
+from football import jobs
+from football.models import Fixture, League, Odds, Team, TeamFollow
+from integrations.apifootball import APIFootballError
 
 
 @click.group("football", help="Football data from APIFootball.")
@@ -19,11 +23,9 @@ def football_cli() -> None:
 @with_appcontext
 def sync_command(foreground: bool) -> None:
     """Full sync: leagues, fixtures and odds for the coming days, recent results."""
-    from football import jobs
-    from integrations.apifootball import APIFootballError
-
     if not foreground:
-        job = get_queue("low").enqueue(jobs.full_sync, job_timeout=3600, result_ttl=3600, failure_ttl=FAILURE_TTL)
+        job = get_queue(keys.LOW).enqueue(jobs.full_sync, job_timeout=3600, result_ttl=3600,
+                                     failure_ttl=keys.FAILURE_TTL)
         click.echo(f"enqueued full sync on 'low' as job {job.id}")
         return
     try:
@@ -39,8 +41,6 @@ def sync_command(foreground: bool) -> None:
 @with_appcontext
 def status_command() -> None:
     """How many leagues, teams, fixtures (by status) and odds are stored."""
-    from football.models import Fixture, League, Odds, Team, TeamFollow
-
     for label, model in (("leagues", League), ("teams", Team), ("odds", Odds), ("follows", TeamFollow)):
         click.echo(f"{label:9} {db.session.execute(select(func.count()).select_from(model)).scalar_one()}")
     for status, count in db.session.execute(select(Fixture.status, func.count()).group_by(Fixture.status)):

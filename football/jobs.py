@@ -13,31 +13,34 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-from rq.exceptions import DuplicateJobError
 from sqlalchemy import or_, select, update
 
-from crm import metrics
-from crm.extensions import FAILURE_TTL, db, get_queue, get_redis, get_settings
-from crm.models import Contact, utcnow
+from crm.base import keys, metrics
+from crm.base.enums import Origin
+from crm.base.extensions import db, get_queue, get_redis, get_settings
+from crm.base.locks import TokenLock
+from crm.base.models import Contact, utcnow
+from crm.base.schedules import Schedule
+from crm.replies.delivery import queue_outbound
+from crm.replies.wake import wake_many
 from football.models import Fixture, TeamFollow
 from football.sync import StageResult, Sync
-from integrations.apifootball import APIFootballClient
+from integrations.apifootball import APIFootballClient, RateLimiter
 from integrations.whatsapp import messages as wa
 
 log = logging.getLogger(__name__)
 NOTIFY_MAX_AGE_HOURS = 24
 
 
-def schedules(settings, prefix: str) -> list[dict]:
+def schedules(settings) -> list[Schedule]:
     return [
-        {"id": f"{prefix}football-upcoming", "cron": settings.football_upcoming_cron,
-         "func": "football.jobs.sync_upcoming", "queue": "low", "timeout": 1800},
-        {"id": f"{prefix}football-live", "cron": settings.football_live_cron,
-         "func": "football.jobs.sync_live", "queue": "low", "timeout": 300},
-        {"id": f"{prefix}football-results", "cron": settings.football_results_cron,
-         "func": "football.jobs.sync_results", "queue": "low", "timeout": 900},
-        {"id": f"{prefix}football-leagues", "cron": "17 3 * * *",
-         "func": "football.jobs.sync_leagues", "queue": "low", "timeout": 300},
+        Schedule("football-upcoming", settings.football_upcoming_cron, "football.jobs.sync_upcoming", keys.LOW, 1800),
+        Schedule("football-live", settings.football_live_cron, "football.jobs.sync_live", keys.LOW, 300),
+        Schedule("football-results", settings.football_results_cron, "football.jobs.sync_results", keys.LOW, 900),
+        Schedule("football-leagues", "17 3 * * *", "football.jobs.sync_leagues", keys.LOW, 300),
+        # Result notices talk to users (queue ``default``); every minute too, so fixtures a failed
+        # notify job left are picked up by the next one.
+        Schedule("result-notices", "* * * * *", "football.jobs.notify_results", keys.DEFAULT, 300),
     ]
 
 
@@ -45,26 +48,22 @@ def make_client() -> APIFootballClient:
     def record(action: str, outcome: str, _seconds: float) -> None:
         metrics.FOOTBALL_API_CALLS.labels(action, outcome).inc()
 
-    return APIFootballClient.from_settings(get_settings(), get_redis(), on_call=record)
+    settings = get_settings()
+    limiter = RateLimiter(get_redis(), settings.apifootball_rate_per_minute, keys.APIFOOTBALL_RATE)
+    return APIFootballClient.from_settings(settings, limiter, on_call=record)
 
 
 def make_sync(progress: Callable[[str], None] | None = None) -> Sync:
     return Sync(make_client(), get_settings().football_leagues, progress=progress)
 
 
-class SyncLock:
-    """One sync of a kind at a time across all football workers (a scheduled and a manual run)."""
+def sync_lock(kind: str, ttl: int) -> TokenLock:
+    """One sync of a kind at a time across all football workers (a scheduled and a manual run).
 
-    def __init__(self, kind: str, ttl: int = 1800):
-        self.key, self.ttl = f"football:sync-lock:{kind}", ttl
-
-    def __enter__(self) -> bool:
-        self.held = bool(get_redis().set(self.key, "1", nx=True, ex=self.ttl))
-        return self.held
-
-    def __exit__(self, *_exc) -> None:
-        if self.held:
-            get_redis().delete(self.key)
+    A token lock: a sync whose lock expired can never delete the lock of the sync after it.
+    Its TTL outlives the job's timeout (manual syncs run up to an hour).
+    """
+    return TokenLock(get_redis(), keys.sync_lock(kind), max(ttl, keys.SYNC_LOCK_TTL) * 1000)
 
 
 NO_KEY = {"skipped": "APIFOOTBALL_KEY is not set"}
@@ -88,7 +87,7 @@ def _run_sync(kind: str, work: Callable[[], list[StageResult]], ttl: int = 1800,
     """Run a sync under its lock, then tell followers about fixtures that finished in it."""
     if needs_key and not _configured():
         return NO_KEY
-    with SyncLock(kind, ttl) as held:
+    with sync_lock(kind, ttl) as held:
         if not held:
             return {"skipped": f"another {kind} sync is running"}
         results = work()
@@ -131,13 +130,9 @@ def full_sync(progress: Callable[[str], None] | None = None) -> dict:
 
 # -- following teams --------------------------------------------------------------------------
 def enqueue_notify(fixture_ids: list[int]) -> None:
-    if not fixture_ids:
-        return
-    try:
-        get_queue("default").enqueue(notify_results, job_id="football-notify", unique=True, result_ttl=0,
-                                     failure_ttl=FAILURE_TTL)
-    except DuplicateJobError:
-        pass  # one is queued already; it picks these fixtures up too
+    """Tell followers soon (the every-minute schedule also does, so a failed job loses nothing)."""
+    if fixture_ids:
+        get_queue(keys.DEFAULT).enqueue(notify_results, result_ttl=keys.RESULT_TTL, failure_ttl=keys.FAILURE_TTL)
 
 
 def result_line(fixture: Fixture) -> str:
@@ -166,9 +161,12 @@ def notification(contact: Contact, fixture: Fixture, now) -> dict | None:
 
 
 def notify_results() -> int:
-    """Tell the followers of both teams the result of each newly finished fixture, once."""
-    from flows.jobs import queue_outbound, run_contact
+    """Tell the followers of both teams the result of each newly finished fixture, once.
 
+    Each fixture is claimed with a conditional UPDATE (never twice) in the transaction that
+    queues its notices; then every follower is woken as its own contact task, serial with that
+    contact's own messages (``wake_many``): one follower's failure never holds back the others.
+    """
     settings, now = get_settings(), utcnow()
     fixtures = db.session.execute(
         select(Fixture).where(Fixture.finished_at.is_not(None), Fixture.result_notified_at.is_(None),
@@ -194,10 +192,9 @@ def notify_results() -> int:
                 log.info("result for %s not sent: outside the 24-hour window and no template", contact.id,
                          extra={"event": "football.notify_skipped", "contact_id": contact.id})
                 continue
-            queue_outbound(contact, settings.whatsapp_phone_number_id, message, "football")
+            queue_outbound(contact, settings.whatsapp_phone_number_id, message, Origin.FOOTBALL)
             contacts.add(contact.id)
             sent += 1
         db.session.commit()
-    for contact_id in sorted(contacts):
-        run_contact(contact_id)  # ordered delivery through the contact's outbox
+    wake_many(sorted(contacts))
     return sent

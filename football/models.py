@@ -12,8 +12,8 @@ from datetime import datetime
 from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from crm.extensions import db
-from crm.models import BigId, utcnow
+from crm.base.extensions import db
+from crm.base.models import BigId, utcnow
 
 
 class League(db.Model):

@@ -17,9 +17,9 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import case, or_, select
 
-from crm.extensions import db
-from crm.intake import dialect_insert
-from crm.models import utcnow
+from crm.base.extensions import db
+from crm.base.models import utcnow
+from crm.replies.intake import dialect_insert
 from football import parse
 from football.models import Fixture, League, Odds, Team
 from integrations.apifootball import APIFootballClient
@@ -89,7 +89,7 @@ class Sync:
         self.progress, self.now = progress, now
 
     def _run(self, stage: str, fn) -> StageResult:
-        from crm import metrics
+        from crm.base import metrics
 
         result = StageResult(stage)
         calls, started = self.client.calls, time.perf_counter()

@@ -81,10 +81,9 @@ class APIFootballClient:
         self.calls = 0  # HTTP requests made, retries included
 
     @classmethod
-    def from_settings(cls, settings, redis: Redis, **kwargs) -> APIFootballClient:
+    def from_settings(cls, settings, limiter: RateLimiter | None, **kwargs) -> APIFootballClient:
         if not settings.apifootball_key:
             raise APIFootballError("APIFOOTBALL_KEY is not set")
-        limiter = RateLimiter(redis, settings.apifootball_rate_per_minute)
         return cls(settings.apifootball_url, settings.apifootball_key, limiter, **kwargs)
 
     # -- the three actions the sync uses -------------------------------------------------

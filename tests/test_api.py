@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from crm.extensions import db
-from crm.models import Contact, Message, utcnow
+from crm.base.extensions import db
+from crm.base.models import Contact, Message, utcnow
 from flows.models import FlowSession
-from tests.conftest import envelope, import_examples, message, post_webhook, run_worker
+from tests.helpers import envelope, import_examples, message, post_webhook, run_worker, say
 
 TOKEN = "operator-token-1234"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,9 +31,6 @@ def client(api_app):
     return api_app.test_client()
 
 
-def say(app, wa_id, text, name="Ana"):
-    assert post_webhook(app.test_client(), envelope([message(wa_id, body=text)], name=name)).status_code == 200
-    run_worker(app)
 
 
 def contact_id(app, wa_id) -> int:
@@ -319,7 +316,7 @@ def test_logs_carry_request_and_job_ids(api_app, client, caplog):
     import json
     import logging
 
-    from crm.logs import JsonFormatter
+    from crm.base.logs import JsonFormatter
 
     caplog.set_level("INFO")
     post_webhook(client, envelope([message("26900", body="hi")]))

@@ -8,11 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from crm.extensions import db
-from crm.models import Message, utcnow
-from flows.expiry import expire_idle_sessions
+from crm.base.extensions import db
+from crm.base.models import Message, utcnow
+from crm.replies.expiry import expire_idle_sessions
 from flows.models import FlowSession
-from tests.conftest import envelope, import_examples, message, post_webhook, run_worker
+from tests.helpers import envelope, import_examples, message, post_webhook, run_worker, say
 
 QUIET = """
 name: quiet
@@ -39,13 +39,10 @@ def xapp(app):
     return app
 
 
-def say(app, wa_id, text):
-    assert post_webhook(app.test_client(), envelope([message(wa_id, body=text)])).status_code == 200
-    run_worker(app)
 
 
 def session_of(app, wa_id):
-    from crm.models import Contact
+    from crm.base.models import Contact
 
     with app.app_context():
         return db.session.execute(
@@ -115,7 +112,7 @@ def test_overlapping_runs_expire_once(xapp, graph):
 def test_message_racing_the_cleanup(xapp, graph):
     """The cleanup commits between the flow job's read and write: the job redoes its turn fresh,
     and the notice goes out before the reply to the newer message."""
-    from flows import jobs
+    from crm.replies import turns as jobs
 
     say(xapp, "50", "signup")
     original = jobs.actions
@@ -169,8 +166,8 @@ def test_cli_expire_and_list(xapp, graph):
 
 
 def test_cleanup_logs_start_and_summary(xapp, caplog):
-    caplog.set_level("INFO", logger="flows.expiry")
+    caplog.set_level("INFO", logger="crm.replies.expiry")
     expire_at(xapp, 0)
-    lines = [r.getMessage() for r in caplog.records if r.name == "flows.expiry"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "crm.replies.expiry"]
     assert lines[0].startswith("[Idle Conversation Cleanup] Running task for conversations idle since ")
     assert "session(s) expired" in lines[-1]

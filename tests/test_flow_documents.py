@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from crm.extensions import db
+from crm.base.extensions import db
 from flows.document import FlowError, parse_flow
 from flows.models import Flow
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 EXAMPLES = ROOT / "flows" / "examples"
 

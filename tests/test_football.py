@@ -8,12 +8,12 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from crm.extensions import db
-from crm.models import Contact, Message, utcnow
+from crm.base.extensions import db
+from crm.base.models import Contact, Message, utcnow
 from football import parse
 from football.models import Fixture, League, Odds, Team, TeamFollow
 from integrations.apifootball import APIFootballClient, APIFootballError, RateLimiter
-from tests.conftest import envelope, import_examples, message, post_webhook, run_worker
+from tests.helpers import envelope, import_examples, message, post_webhook, run_worker, say
 from tests.football_fake import API_KEY, PATH, FakeAPIFootball, event, odds_row, season
 
 
@@ -237,7 +237,7 @@ def test_sync_command_enqueues_on_low(fapp):
     out = fapp.test_cli_runner().invoke(args=["football", "sync"])
     assert out.exit_code == 0 and "enqueued full sync on 'low'" in out.output
     with fapp.app_context():
-        from crm.extensions import get_queue
+        from crm.base.extensions import get_queue
 
         assert get_queue("low").count == 1 and get_queue("high").count == 0
 
@@ -254,14 +254,6 @@ def test_sync_fails_clearly_without_a_key(make_app, graph, api):
 
 
 # -- flow actions and the example flow ------------------------------------------------------------
-def say(app, wa_id, text=None, reply_id=None):
-    if reply_id:
-        msg = message(wa_id, kind="interactive",
-                      interactive={"type": "list_reply", "list_reply": {"id": reply_id, "title": "x"}})
-    else:
-        msg = message(wa_id, body=text)
-    assert post_webhook(app.test_client(), envelope([msg])).status_code == 200
-    run_worker(app)
 
 
 def test_example_flow_answers_fixtures_results_and_odds(fapp, api, graph):
@@ -338,7 +330,7 @@ def test_follow_and_unfollow_actions(fapp, api):
 def test_scheduler_registers_football_jobs(fapp):
     import scheduler
 
-    ids = {s["id"]: s for s in scheduler.schedules(fapp.config["SETTINGS"])}
+    ids = {s["id"]: s for s in scheduler.schedules(fapp)}
     assert ids["crm-football-upcoming"]["cron"] == "*/15 * * * *" and ids["crm-football-upcoming"]["queue"] == "low"
     assert ids["crm-football-live"]["cron"] == "*/2 * * * *"
     assert all(s["queue"] == "low" for k, s in ids.items() if k.startswith("crm-football"))
@@ -348,7 +340,7 @@ def test_replies_never_wait_for_the_football_worker(fapp, api, graph):
     """A sync job sitting on `low` does not hold back the reply worker (it listens to high/default)."""
     import_examples(fapp)
     with fapp.app_context():
-        from crm.extensions import get_queue
+        from crm.base.extensions import get_queue
         from football.jobs import full_sync
 
         get_queue("low").enqueue(full_sync)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from crm.config import ConfigError, Settings
-from tests.conftest import ROOT, make_env
+from crm.base.config import ConfigError, Settings
+from tests.helpers import ROOT, make_env
 
 
 def test_defaults():
@@ -67,7 +67,7 @@ def test_healthz_ok(app):
 
 
 def test_healthz_redis_down(sqlite_url, httpserver):
-    from crm import create_app
+    from crm.app import create_app
 
     closed = f"redis://127.0.0.1:{_closed_port()}/0"
     app = create_app(Settings.from_env(make_env(sqlite_url, closed, httpserver.url_for(""))))
@@ -77,7 +77,7 @@ def test_healthz_redis_down(sqlite_url, httpserver):
 
 
 def test_healthz_database_down(redis_url, httpserver):
-    from crm import create_app
+    from crm.app import create_app
 
     down = f"postgresql://postgres@127.0.0.1:{_closed_port()}/crm"
     app = create_app(Settings.from_env(make_env(down, redis_url, httpserver.url_for(""))))
@@ -87,9 +87,9 @@ def test_healthz_database_down(redis_url, httpserver):
 
 
 def _closed_port() -> int:
-    from tests.conftest import _free_port
+    from tests.helpers import free_port
 
-    return _free_port()
+    return free_port()
 
 
 def test_migrations_create_the_whole_schema(app):
@@ -97,7 +97,7 @@ def test_migrations_create_the_whole_schema(app):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from crm.extensions import db
+    from crm.base.extensions import db
 
     with app.app_context():
         names = set(inspect(db.engine).get_table_names())
@@ -135,7 +135,7 @@ def test_gunicorn_settings_come_from_the_environment(monkeypatch):
 
 
 def test_worker_refuses_football_with_replies():
-    from crm.worker import main
+    from crm.app.worker import main
 
     with pytest.raises(SystemExit):
         main(["high", "low"])
@@ -146,16 +146,15 @@ def test_scheduled_jobs_registered_once(app):
 
     import scheduler as sched
 
-    settings = app.config["SETTINGS"]
     s = Scheduler(connection=app.extensions["redis"], interval=5)
-    first = sched.register(s, settings)
+    first = sched.register(s, app)
     for _ in range(3):  # restarts and a second scheduler process
-        sched.register(Scheduler(connection=app.extensions["redis"], interval=5), settings)
+        sched.register(Scheduler(connection=app.extensions["redis"], interval=5), app)
     jobs = {j.id: j for j in s.get_jobs()}
     assert sorted(jobs) == first
     cleanup = jobs["crm-sessions-cleanup"]
     assert cleanup.meta["cron_string"] == "*/5 * * * *"
-    assert cleanup.func_name == "flows.expiry.cleanup_job"
+    assert cleanup.func_name == "crm.replies.expiry.cleanup_job"
     assert cleanup.origin == "low"
     assert jobs["crm-recover-stalled"].origin == "default"
 
@@ -166,8 +165,8 @@ def test_scheduler_drops_removed_schedules(app):
     import scheduler as sched
 
     s = Scheduler(connection=app.extensions["redis"], interval=5)
-    s.cron("* * * * *", func="flows.jobs.recover_stalled", id="crm-old-job", queue_name="default")
-    sched.register(s, app.config["SETTINGS"])
+    s.cron("* * * * *", func="crm.replies.contact.recover_stalled", id="crm-old-job", queue_name="default")
+    sched.register(s, app)
     assert "crm-old-job" not in {j.id for j in s.get_jobs()}
 
 
@@ -175,7 +174,8 @@ def test_env_example_documents_every_variable():
     import re
 
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
-    source = Path(ROOT / "crm" / "config.py").read_text()
-    used = set(re.findall(r'(?:get|number|url|cron_string)\("([A-Z][A-Z0-9_]+)"', source))
+    from crm.base.config import Settings
+
+    used = {name.upper() for name in Settings.__dataclass_fields__}
     assert len(used) > 15
     assert used <= documented, used - documented

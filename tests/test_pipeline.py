@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from crm.extensions import db
-from crm.models import Contact, Message, utcnow
+from crm.base.extensions import db
+from crm.base.models import Contact, Message, utcnow
 from integrations.whatsapp import messages as wa
-from tests.conftest import envelope, import_examples, message, post_webhook, run_worker, spawn_workers
+from tests.helpers import envelope, import_examples, message, post_webhook, run_worker, spawn_workers, wait_for
 
 ECHO = """
 name: echo
@@ -39,14 +39,6 @@ def send(app, wa_id, text, wamid=None):
     response = post_webhook(app.test_client(), envelope([message(wa_id, body=text, wamid=wamid)]))
     assert response.status_code == 200
 
-
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_reply_read_receipt_and_rows(echo_app, graph):
@@ -81,7 +73,7 @@ def test_one_contact_twenty_messages_several_workers(echo_app, graph):
 def test_a_busy_contact_cannot_hold_the_worker(echo_app, graph):
     """One job per contact at a time, one turn per job: a contact with many waiting messages
     goes to the back of the queue after each reply, so others are answered in between."""
-    from crm.extensions import get_queue
+    from crm.base.extensions import get_queue
 
     for i in range(1, 6):
         send(echo_app, "300", f"a{i}")
@@ -149,7 +141,7 @@ def test_retryable_errors_keep_order_and_never_duplicate(echo_app, graph):
         assert second.status == "queued" and second.attempts == 0  # later messages wait
         db.session.execute(db.update(Message).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
         db.session.commit()
-    from flows.jobs import run_contact
+    from crm.replies.contact import run_contact
 
     with echo_app.app_context():
         contact_id = db.session.execute(select(Contact.id).where(Contact.wa_id == "600")).scalar_one()
@@ -189,7 +181,7 @@ def test_timeout_waits_for_status_before_resending(echo_app, graph):
     with echo_app.app_context():
         db.session.execute(db.update(Message).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
         db.session.commit()
-        from flows.jobs import run_contact
+        from crm.replies.contact import run_contact
 
         run_contact(db.session.execute(select(Contact.id).where(Contact.wa_id == "800")).scalar_one())
     sends = [r for r in graph.requests if "status" not in r["body"]]
@@ -197,7 +189,8 @@ def test_timeout_waits_for_status_before_resending(echo_app, graph):
 
 
 def test_window_closed_free_form_refused_locally(echo_app, graph):
-    from flows.jobs import queue_outbound, run_contact
+    from crm.replies.contact import run_contact
+    from crm.replies.delivery import queue_outbound
 
     with echo_app.app_context():
         contact = Contact(wa_id="900", custom_fields={}, last_inbound_at=utcnow() - timedelta(hours=25))
@@ -239,11 +232,12 @@ def test_worker_killed_mid_job_loses_nothing(echo_app, graph):
         blocker.close()
     assert graph.sent == []
     with echo_app.app_context():
-        from flows import jobs
+        from crm.replies import recovery as jobs
 
         redis = echo_app.extensions["redis"]
-        for key in redis.scan_iter("crm:lock:contact:*"):  # as when the lock's TTL runs out
-            redis.delete(key)
+        for pattern in ("crm:lock:contact:*", "crm:queued:contact:*"):  # as when their TTLs run out
+            for key in redis.scan_iter(pattern):
+                redis.delete(key)
         db.session.execute(db.update(Message).values(created_at=utcnow() - timedelta(minutes=5)))
         db.session.commit()
         assert jobs.recover_stalled() == 1

@@ -8,9 +8,9 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from crm.extensions import db
-from crm.models import Contact, Message
-from tests.conftest import PNID, VERIFY, envelope, message, post_webhook, sign
+from crm.base.extensions import db
+from crm.base.models import Contact, Message
+from tests.helpers import PNID, VERIFY, envelope, message, post_webhook, sign
 
 
 def count(model, *where):

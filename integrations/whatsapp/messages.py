@@ -174,11 +174,6 @@ def contacts(cards: list[dict]) -> dict:
     return {"type": "contacts", "contacts": cards}
 
 
-def reaction(message_id: str, emoji: str) -> dict:
-    _require(message_id, "reaction message id")
-    return {"type": "reaction", "reaction": {"message_id": message_id, "emoji": emoji}}
-
-
 def mark_read(message_id: str, typing: bool = True) -> dict:
     """Body of the mark-as-read request, optionally with the typing indicator."""
     body: dict[str, Any] = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}

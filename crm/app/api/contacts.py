@@ -7,12 +7,19 @@ import time
 from flask import g, jsonify, request
 from sqlalchemy import exists, or_, select
 
-from crm.api import ApiError, arg_bool, arg_int, arg_time, body, bp, stamp
-from crm.extensions import contains_pattern, db, get_redis, get_settings
-from crm.locks import ContactLock
-from crm.models import Contact, Message, utcnow
-from flows.jobs import open_session
-from flows.models import OPEN_STATUSES, FlowSession
+from crm.app.api import ApiError, arg_bool, arg_int, arg_time, body, bp, stamp
+from crm.base import keys
+from crm.base.enums import OPEN_STATUSES, EndReason, Origin, SessionStatus
+from crm.base.extensions import contains_pattern, db, get_redis, get_settings
+from crm.base.locks import ContactLock
+from crm.base.models import Contact, Message, utcnow
+from crm.replies.contact import has_work
+from crm.replies.delivery import queue_outbound
+from crm.replies.sessions import end_session, open_session
+from crm.replies.turns import start_flow_for
+from crm.replies.wake import wake
+from flows.models import FlowSession
+from flows.store import library_cache
 from integrations.whatsapp import messages as wa
 
 OPERATOR_FLOW = "(operator)"  # flow name of a handover an operator started without a flow
@@ -23,7 +30,7 @@ def contact_dict(contact: Contact, session: FlowSession | None = None, full: boo
         "id": contact.id, "wa_id": contact.wa_id, "name": contact.profile_name or "",
         "opted_out": contact.opted_out, "blocked": contact.blocked,
         "last_seen_at": stamp(contact.last_seen_at), "last_inbound_at": stamp(contact.last_inbound_at),
-        "handover": session is not None and session.status == "handover",
+        "handover": session is not None and session.status == SessionStatus.HANDOVER,
     }
     if full:
         out.update(fields=contact.custom_fields or {}, first_seen_at=stamp(contact.first_seen_at),
@@ -40,7 +47,7 @@ def get_contact(contact_id: int) -> Contact:
 
 
 def in_handover():
-    return exists().where(FlowSession.contact_id == Contact.id, FlowSession.status == "handover")
+    return exists().where(FlowSession.contact_id == Contact.id, FlowSession.status == SessionStatus.HANDOVER)
 
 
 @bp.get("/contacts")
@@ -169,19 +176,19 @@ def build_message(data: dict) -> dict:
 
 @bp.post("/contacts/<int:contact_id>/messages")
 def send_message(contact_id: int):
-    from flows.jobs import enqueue_delivery, queue_outbound
-
     contact, data = get_contact(contact_id), body()
     message = build_message(data)
     if contact.blocked:
         raise ApiError(409, "the contact is blocked; unblock it first")
+    if contact.opted_out:
+        raise ApiError(409, "the contact opted out: nothing may be sent until they send 'start'")
     if message["type"] != "template" and not contact.window_open():
         raise ApiError(409, "the contact last wrote more than 24 hours ago: only a template message can be sent")
     session = open_session(contact.id)
-    row = queue_outbound(contact, get_settings().whatsapp_phone_number_id, message, "operator",
+    row = queue_outbound(contact, get_settings().whatsapp_phone_number_id, message, Origin.OPERATOR,
                          session.id if session else None)
     db.session.commit()
-    enqueue_delivery(contact.id)
+    wake(contact.id)
     return jsonify({**row.to_dict(), "origin": row.origin}), 202
 
 
@@ -200,17 +207,13 @@ def reset_session(contact_id: int):
         session = open_session(contact_id)
         if session is None:
             raise ApiError(404, "the contact has no open flow session")
-        now = utcnow()
-        session.status, session.end_reason, session.ended_at, session.expires_at = "ended", "reset", now, None
+        end_session(session, EndReason.RESET)
         db.session.commit()
     return jsonify(session=session.to_dict())
 
 
 @bp.post("/contacts/<int:contact_id>/session")
 def start_session(contact_id: int):
-    from flows.jobs import start_flow_for
-    from flows.store import library_cache
-
     contact, data = get_contact(contact_id), body()
     name = data.get("flow")
     if not isinstance(name, str) or name not in library_cache.get().flows:
@@ -231,7 +234,7 @@ class contact_lock:  # noqa: N801 - a context manager, named like one
 
     def __init__(self, contact_id: int, wait: float = 3.0):
         self.contact_id, self.wait = contact_id, wait
-        self.lock = ContactLock(get_redis(), contact_id, ttl_ms=30_000)
+        self.lock = ContactLock(get_redis(), contact_id, ttl_ms=keys.OPERATOR_LOCK_TTL_MS)
 
     def __enter__(self):
         deadline = time.monotonic() + self.wait
@@ -242,13 +245,11 @@ class contact_lock:  # noqa: N801 - a context manager, named like one
         return self
 
     def __exit__(self, *_exc):
-        from flows.jobs import enqueue_delivery, has_work
-
         db.session.rollback()
         self.lock.release()
-        # A flow job that found the contact busy returned at once: pick up what waited.
+        # A contact task that found the contact busy returned at once: pick up what waited.
         if has_work(self.contact_id):
-            enqueue_delivery(self.contact_id)
+            wake(self.contact_id)
 
 
 # -- handover -----------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ class contact_lock:  # noqa: N801 - a context manager, named like one
 def list_handovers():
     claimed = arg_bool("claimed")
     stmt = select(FlowSession, Contact).join(Contact, Contact.id == FlowSession.contact_id).where(
-        FlowSession.status == "handover")
+        FlowSession.status == SessionStatus.HANDOVER)
     if claimed is not None:
         stmt = stmt.where(FlowSession.handover_claimed_by.is_not(None) if claimed
                           else FlowSession.handover_claimed_by.is_(None))
@@ -271,14 +272,14 @@ def claim_handover(contact_id: int):
     get_contact(contact_id)
     with contact_lock(contact_id):
         now, session = utcnow(), open_session(contact_id)
-        if session is not None and session.status == "handover":
+        if session is not None and session.status == SessionStatus.HANDOVER:
             if session.handover_claimed_by not in (None, g.operator):
                 raise ApiError(409, f"already claimed by {session.handover_claimed_by}")
         else:
             if session is not None:
-                session.status, session.end_reason, session.ended_at, session.expires_at = (
-                    "ended", "handover", now, None)
-            session = FlowSession(contact_id=contact_id, flow_name=OPERATOR_FLOW, flow_version=1, status="handover",
+                end_session(session, EndReason.TAKEN_OVER, now)
+            session = FlowSession(contact_id=contact_id, flow_name=OPERATOR_FLOW, flow_version=1,
+                                  status=SessionStatus.HANDOVER,
                                   state={}, started_at=now, last_activity_at=now)
             db.session.add(session)
         session.handover_claimed_by = g.operator
@@ -292,12 +293,11 @@ def resolve_handover(contact_id: int):
     get_contact(contact_id)
     with contact_lock(contact_id):
         session = open_session(contact_id)
-        if session is None or session.status != "handover":
+        if session is None or session.status != SessionStatus.HANDOVER:
             raise ApiError(409, "the contact is not waiting for or talking to a human")
         if session.handover_claimed_by not in (None, g.operator) and not body_force():
             raise ApiError(409, f"claimed by {session.handover_claimed_by}; pass {{\"force\": true}} to resolve")
-        now = utcnow()
-        session.status, session.end_reason, session.ended_at = "ended", "resolved", now
+        end_session(session, EndReason.RESOLVED)
         db.session.commit()
         return jsonify(session=session.to_dict())
 

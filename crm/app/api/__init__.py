@@ -1,7 +1,7 @@
 """The operator API under ``/api/`` (JSON, bearer tokens from ``OPERATOR_API_TOKENS``).
 
 Errors are ``{"error": {"status": ..., "message": ...}}``; bad input is 400/404/409/422,
-never 500. ``/api/openapi.json`` describes every route (``crm.api.openapi``).
+never 500. ``/api/openapi.json`` describes every route (``crm.app.api.openapi``).
 """
 
 from __future__ import annotations
@@ -114,4 +114,8 @@ def stamp(value: datetime | None) -> str | None:
     return value.isoformat() + "Z" if value else None
 
 
-from crm.api import contacts, flows, openapi, stats  # noqa: E402,F401 - routes register on bp
+from crm.app.api import contacts, flows, openapi, stats  # noqa: E402,F401 - routes register on bp
+
+
+def init_app(app) -> None:
+    app.register_blueprint(bp)

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from crm.extensions import db
+from crm.base.enums import Direction, MessageStatus, Origin
+from crm.base.extensions import db
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -39,9 +40,6 @@ class Contact(db.Model):
     def window_open(self, now: datetime | None = None) -> bool:
         return window_open(self.last_inbound_at, now or utcnow())
 
-    def to_context(self) -> dict:
-        return contact_context(self)
-
 
 def window_open(last_inbound_at: datetime | None, now: datetime) -> bool:
     """Whether the 24-hour customer service window allows free-form messages."""
@@ -59,11 +57,6 @@ def contact_context(contact) -> dict:
     }
 
 
-# Outbound life cycle; inbound messages are "received".
-STATUS_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
-FINAL_STATUSES = {"failed", "deleted"}
-
-
 class Message(db.Model):
     __tablename__ = "messages"
     __table_args__ = (
@@ -77,7 +70,7 @@ class Message(db.Model):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
-    direction: Mapped[str] = mapped_column(String(3))  # "in" | "out"
+    direction: Mapped[Direction] = mapped_column(String(3))
     type: Mapped[str] = mapped_column(String(32))
     text: Mapped[str | None] = mapped_column(Text)  # searchable summary (body, caption, button title)
     payload: Mapped[dict] = mapped_column(JSON)  # full message object as Meta sent it / as we send it
@@ -85,14 +78,14 @@ class Message(db.Model):
     wa_message_id: Mapped[str | None] = mapped_column(String(128))
     context_wa_id: Mapped[str | None] = mapped_column(String(128))  # message a reply refers to
     callback_id: Mapped[str | None] = mapped_column(String(36), unique=True)  # biz_opaque_callback_data
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[MessageStatus] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     wa_timestamp: Mapped[datetime | None] = mapped_column(DateTime)
     received_at: Mapped[float | None] = mapped_column(db.Float)  # epoch seconds the webhook arrived
     reply_ms: Mapped[float | None] = mapped_column(db.Float)  # inbound: webhook -> first reply accepted
     processed_at: Mapped[datetime | None] = mapped_column(DateTime)  # inbound: handled by the flow job
     flow_session_id: Mapped[int | None] = mapped_column(BigId)
-    origin: Mapped[str | None] = mapped_column(String(16))  # outbound: flow | operator | system
+    origin: Mapped[Origin | None] = mapped_column(String(16))  # outbound: who wrote it
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -1,9 +1,7 @@
-"""Shared extension objects: SQLAlchemy, Migrate, Redis and the RQ queues.
+"""Shared extension objects: SQLAlchemy, Migrate, Redis and the RQ queues (names in crm.base.keys).
 
-Queues:
-  high     flow jobs and replies (the reply path; its worker never runs football)
-  default  everything else that talks to users (notifications, operator sends)
-  low      football data sync (its own worker process)
+Bound to an app by ``init_app``; read inside an app context with ``get_redis``, ``get_queue``
+and ``get_settings``.
 """
 
 from __future__ import annotations
@@ -14,6 +12,10 @@ from flask_sqlalchemy import SQLAlchemy
 from redis import Redis
 from rq import Queue
 from sqlalchemy import MetaData, event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from crm.base import keys
 
 naming = {
     "ix": "ix_%(column_0_label)s",
@@ -25,10 +27,6 @@ naming = {
 db = SQLAlchemy(metadata=MetaData(naming_convention=naming))
 migrate = Migrate()
 
-QUEUE_NAMES = ("high", "default", "low")
-# Results are not read back; keep them briefly. Failed jobs stay a week for inspection.
-RESULT_TTL = 300
-FAILURE_TTL = 7 * 24 * 3600
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -42,7 +40,7 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.close()
 
 
-def init_extensions(app: Flask) -> None:
+def init_app(app: Flask) -> None:
     settings = app.config["SETTINGS"]
     db.init_app(app)
     migrate.init_app(app, db, directory=str(app.config["MIGRATIONS_DIR"]), render_as_batch=True)
@@ -54,8 +52,7 @@ def init_extensions(app: Flask) -> None:
     )
     app.extensions["redis"] = redis
     app.extensions["queues"] = {
-        name: Queue(name, connection=redis, default_timeout=300 if name != "low" else 1800)
-        for name in QUEUE_NAMES
+        name: Queue(name, connection=redis, default_timeout=keys.QUEUE_TIMEOUT[name]) for name in keys.QUEUE_NAMES
     }
 
 
@@ -74,3 +71,10 @@ def get_settings():
 def contains_pattern(text: str) -> str:
     """A LIKE pattern matching ``text`` anywhere, with LIKE's wildcards escaped (use escape="\\")."""
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def dialect_insert(table):
+    """INSERT with ON CONFLICT support for the current database."""
+    if db.engine.dialect.name == "postgresql":
+        return postgresql_insert(table)
+    return sqlite_insert(table)

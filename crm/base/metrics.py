@@ -1,4 +1,4 @@
-"""Prometheus metrics, served at /metrics (crm.monitoring).
+"""Prometheus metrics, served at /metrics (crm.app.monitoring).
 
 Every process (gunicorn workers, RQ workers) writes its samples to
 PROMETHEUS_MULTIPROC_DIR when it is set, and /metrics adds them up; without it
@@ -19,6 +19,8 @@ REPLY_LATENCY = Histogram(
 )
 SENDS = Counter("crm_sends_total", "Graph API sends by outcome and Meta error code",
                 ["outcome", "error_code"])
+HANDOVERS = Counter("crm_handovers_total", "Conversations handed to a person by a flow")
+TURNS_FAILED = Counter("crm_turns_failed_total", "Inbound messages whose turn failed, by outcome", ["outcome"])
 SESSIONS_EXPIRED = Counter("crm_sessions_expired_total", "Flow sessions expired for inactivity")
 
 

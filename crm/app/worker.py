@@ -1,7 +1,7 @@
 """RQ worker with the Flask app loaded once, before any job runs.
 
-    python -m crm.worker high default      # the reply worker
-    python -m crm.worker low               # the football worker
+    python -m crm.app.worker high default      # the reply worker
+    python -m crm.app.worker low               # the football worker
 
 Why ``SimpleWorker`` (no fork per job): measured on this machine, a forking
 worker takes about 19 ms to start each job even with the app preloaded, and
@@ -11,7 +11,7 @@ and scales by running more processes (``honcho start -c worker=N`` or more
 dynos). Nothing forks after the app is created, so no database connection is
 ever shared between processes. Job timeouts still apply (SIGALRM), and a job
 lost with a crashed process is recovered from the database inbox
-(``flows.jobs.recover_stalled``) and by RQ's abandoned-job handling.
+(``crm.replies.contact.recover_stalled``) and by RQ's abandoned-job handling.
 """
 
 from __future__ import annotations
@@ -23,8 +23,13 @@ import time
 
 from rq import SimpleWorker
 
-from crm import create_app
-from crm.extensions import db
+import crm.replies.contact  # noqa: F401 - every job module is imported before the first job
+import crm.replies.expiry  # noqa: F401
+import crm.replies.recovery  # noqa: F401
+import football.jobs  # noqa: F401
+from crm.app import create_app
+from crm.base import keys
+from crm.base.extensions import db
 
 
 class AppWorker(SimpleWorker):
@@ -53,13 +58,6 @@ class AppWorker(SimpleWorker):
 
 
 def build_worker(app, queue_names: list[str], name: str | None = None) -> AppWorker:
-    import flows.expiry  # noqa: F401 - import every job module before the first job
-    import flows.jobs  # noqa: F401
-
-    try:
-        import football.jobs  # noqa: F401
-    except ImportError:
-        pass
     queues = [app.extensions["queues"][q] for q in queue_names]
     worker_class = type("AppWorker", (AppWorker,), {"app": app})
     return worker_class(queues, connection=app.extensions["redis"], name=name)
@@ -67,11 +65,11 @@ def build_worker(app, queue_names: list[str], name: str | None = None) -> AppWor
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("queues", nargs="+", choices=("high", "default", "low"))
+    parser.add_argument("queues", nargs="+", choices=keys.QUEUE_NAMES)
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument("--name")
     args = parser.parse_args(argv)
-    if "low" in args.queues and "high" in args.queues:
+    if keys.LOW in args.queues and keys.HIGH in args.queues:
         parser.error("football jobs (low) must not share a process with replies (high)")
     os.environ.setdefault("TZ", "UTC")
     app = create_app()

@@ -16,18 +16,20 @@ import logging
 import time
 from datetime import timedelta
 
-from rq import Queue
 from sqlalchemy import func, insert, select, update
 
-from crm import metrics
-from crm.delivery import outbound_values
-from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_settings
-from crm.models import Message, utcnow
+from crm.base import metrics
+from crm.base.enums import Direction, EndReason, Origin, SessionStatus
+from crm.base.extensions import db, get_settings
+from crm.base.models import Message, utcnow
+from crm.replies.delivery import outbound_values
+from crm.replies.sessions import end_values, expiry_notice
+from crm.replies.wake import wake_many
 from flows.models import FlowSession
 from flows.store import library_cache
 from integrations.whatsapp import messages as wa
 
-log = logging.getLogger("flows.expiry")
+log = logging.getLogger("crm.replies.expiry")
 
 
 def expire_idle_sessions(now=None, batch: int = 1000) -> dict:
@@ -39,22 +41,20 @@ def expire_idle_sessions(now=None, batch: int = 1000) -> dict:
     log.info("[Idle Conversation Cleanup] Running task for conversations idle since %sZ",
              idle_since.isoformat(timespec="seconds"), extra={"event": "sessions.cleanup_start"})
     library = library_cache.get()
-    from flows.jobs import expiry_notice
-
     expired = notices = 0
     contacts: list[int] = []
     while True:
         ids = db.session.execute(
-            select(FlowSession.id).where(FlowSession.status == "active", FlowSession.expires_at <= now)
+            select(FlowSession.id).where(FlowSession.status == SessionStatus.ACTIVE, FlowSession.expires_at <= now)
             .order_by(FlowSession.expires_at).limit(batch)
         ).scalars().all()
         if not ids:
             break
         rows = db.session.execute(
             update(FlowSession)
-            .where(FlowSession.id.in_(ids), FlowSession.status == "active", FlowSession.expires_at <= now)
-            .values(status="expired", end_reason="idle", ended_at=now, expires_at=None,
-                    version=FlowSession.version + 1)
+            .where(FlowSession.id.in_(ids), FlowSession.status == SessionStatus.ACTIVE,
+                   FlowSession.expires_at <= now)
+            .values(**end_values(EndReason.IDLE, now, status=SessionStatus.EXPIRED))
             .returning(FlowSession.id, FlowSession.contact_id, FlowSession.flow_name)
             .execution_options(synchronize_session=False)
         ).all()
@@ -65,7 +65,7 @@ def expire_idle_sessions(now=None, batch: int = 1000) -> dict:
             numbers = _reply_numbers([r.contact_id for r in wanted]) if wanted else {}
             payload = [
                 outbound_values(r.contact_id, numbers.get(r.contact_id) or settings.whatsapp_phone_number_id,
-                                wa.text(texts[r.flow_name][: wa.TEXT_MAX]), "expiry", r.id, now,
+                                wa.text(texts[r.flow_name][: wa.TEXT_MAX]), Origin.EXPIRY, r.id, now,
                                 text=texts[r.flow_name])
                 for r in wanted
             ]
@@ -74,7 +74,7 @@ def expire_idle_sessions(now=None, batch: int = 1000) -> dict:
             contacts += [r.contact_id for r in wanted]
         db.session.commit()
     db_seconds = time.monotonic() - started
-    _wake(contacts)
+    wake_many(contacts)
     metrics.SESSIONS_EXPIRED.inc(expired)
     summary = {"expired": expired, "notices": notices, "seconds": round(time.monotonic() - started, 3),
                "db_seconds": round(db_seconds, 3)}
@@ -85,20 +85,10 @@ def expire_idle_sessions(now=None, batch: int = 1000) -> dict:
 
 def _reply_numbers(contact_ids: list[int]) -> dict[int, str]:
     """The phone number id each contact last wrote to (replies go out from it)."""
-    latest = (select(func.max(Message.id)).where(Message.direction == "in", Message.contact_id.in_(contact_ids))
+    latest = (select(func.max(Message.id)).where(Message.direction == Direction.IN, Message.contact_id.in_(contact_ids))
               .group_by(Message.contact_id))
     rows = db.session.execute(select(Message.contact_id, Message.phone_number_id).where(Message.id.in_(latest)))
     return {r.contact_id: r.phone_number_id for r in rows}
-
-
-def _wake(contact_ids: list[int], chunk: int = 500) -> None:
-    queue = get_queue("default")
-    for i in range(0, len(contact_ids), chunk):
-        queue.enqueue_many([
-            Queue.prepare_data("flows.jobs.run_contact", (cid,), result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-                               description=f"expiry notice for contact {cid}")
-            for cid in contact_ids[i:i + chunk]
-        ])
 
 
 def cleanup_job() -> dict:

@@ -7,9 +7,9 @@ from datetime import timedelta
 from flask import jsonify
 from sqlalchemy import func, select
 
-from crm.api import arg_int, bp
-from crm.extensions import db
-from crm.models import Message, utcnow
+from crm.app.api import arg_int, bp
+from crm.base.extensions import db
+from crm.base.models import Message, utcnow
 from flows.models import FlowSession
 
 

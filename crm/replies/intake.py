@@ -15,27 +15,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from crm.extensions import FAILURE_TTL, RESULT_TTL, db, get_queue, get_redis
-from crm.models import STATUS_RANK, Contact, Message, utcnow
+from crm.base import keys
+from crm.base.enums import PENDING, STATUS_RANK, Direction, MessageStatus
+from crm.base.extensions import db, dialect_insert, get_redis
+from crm.base.models import Contact, Message, utcnow
+from crm.replies.wake import wake
 from integrations.whatsapp.inbound import InboundMessage, StatusUpdate
 
 log = logging.getLogger(__name__)
-SEEN_TTL = 7 * 24 * 3600
-QUEUED_TTL = 60
-FLOW_JOB = "flows.jobs.run_contact"
-
-
-def dialect_insert(model):
-    """INSERT with ON CONFLICT support for the current database."""
-    if db.engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(model)
-
-
-def seen_key(phone_number_id: str, wa_message_id: str) -> str:
-    return f"crm:seen:{phone_number_id}:{wa_message_id}"
 
 
 @dataclass
@@ -78,7 +65,7 @@ def upsert_contact(wa_id: str, profile_name: str | None, user_id: str | None, no
 
 
 def store_inbound(messages: list[InboundMessage], received_at: float | None = None) -> list[Stored]:
-    """Store the messages of one webhook in one transaction and enqueue their flow jobs.
+    """Store the messages of one webhook in one transaction and wake their contacts.
 
     Raises on database or Redis failure: the caller answers 5xx and Meta re-delivers.
     """
@@ -86,7 +73,7 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
         return []
     redis = get_redis()
     received_at = received_at or time.time()
-    seen = redis.mget([seen_key(m.phone_number_id, m.wa_message_id) for m in messages])
+    seen = redis.mget([keys.seen(m.phone_number_id, m.wa_message_id) for m in messages])
     fresh = [m for m, marker in zip(messages, seen, strict=True) if marker is None]
     if not fresh:
         return []
@@ -96,10 +83,10 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
         for m in fresh:
             contact_id = upsert_contact(m.wa_id, m.profile_name, m.user_id, now)
             row = {
-                "contact_id": contact_id, "direction": "in", "type": m.type, "text": m.text,
+                "contact_id": contact_id, "direction": Direction.IN, "type": m.type, "text": m.text,
                 "payload": m.payload, "phone_number_id": m.phone_number_id,
                 "wa_message_id": m.wa_message_id, "context_wa_id": m.context_id,
-                "status": "received", "created_at": now, "wa_timestamp": m.timestamp,
+                "status": MessageStatus.RECEIVED, "created_at": now, "wa_timestamp": m.timestamp,
                 "received_at": received_at, "attempts": 0,
             }
             new_id = db.session.execute(_statement("message"), row).scalar_one_or_none()
@@ -118,46 +105,18 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
         db.session.rollback()
         raise
     for item in stored:
-        enqueue_flow_job(item.contact_id, item.message_id)
+        wake(item.contact_id, message_id=item.message_id)
     pipe = redis.pipeline(transaction=False)
     for m in fresh:
-        pipe.set(seen_key(m.phone_number_id, m.wa_message_id), 1, ex=SEEN_TTL)
+        pipe.set(keys.seen(m.phone_number_id, m.wa_message_id), 1, ex=keys.SEEN_TTL)
     pipe.execute()
     return stored
 
 
-def queued_key(contact_id: int) -> str:
-    return f"crm:queued:contact:{contact_id}"
-
-
-def enqueue_flow_job(contact_id: int, message_id: int | None = None) -> bool:
-    """Wake the contact's flow job on ``high``, unless one is already queued or running.
-
-    The marker ``crm:queued:contact:<id>`` is cleared by the flow job when it finishes, and
-    the job then looks at the inbox again: a message stored while the marker was set is
-    picked up by that check. So a contact has at most one flow job at a time (no job that
-    finds the contact busy and does nothing), and each job goes to the back of the queue.
-    The TTL covers a crash between the marker and the enqueue.
-    """
-    redis = get_redis()
-    key = queued_key(contact_id)
-    if not redis.set(key, 1, nx=True, ex=QUEUED_TTL):
-        return False
-    try:
-        get_queue("high").enqueue(
-            FLOW_JOB, contact_id, job_id=f"in-{message_id}" if message_id is not None else None,
-            result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, job_timeout=120, description=f"contact {contact_id}",
-        )
-    except Exception:
-        redis.delete(key)
-        raise
-    return True
-
-
 # --- statuses ---------------------------------------------------------------
 
-STATUS_COLUMN = {"sent": "sent_at", "delivered": "delivered_at", "read": "read_at",
-                 "failed": "failed_at", "deleted": "deleted_at"}
+STATUS_COLUMN = {MessageStatus.SENT: "sent_at", MessageStatus.DELIVERED: "delivered_at",
+                 MessageStatus.READ: "read_at", MessageStatus.FAILED: "failed_at", MessageStatus.DELETED: "deleted_at"}
 
 
 def apply_status(msg: Message, update_: StatusUpdate) -> None:
@@ -166,16 +125,17 @@ def apply_status(msg: Message, update_: StatusUpdate) -> None:
     column = STATUS_COLUMN[update_.status]
     if getattr(msg, column) is None:
         setattr(msg, column, when)
-    if update_.status == "failed":
+    if update_.status == MessageStatus.FAILED:
         error = update_.errors[0] if update_.errors else {}
         msg.error_code = error.get("code")
         msg.error_title = (error.get("title") or error.get("message") or "")[:512] or None
         msg.error_details = (error.get("error_data") or {}).get("details") or error.get("message")
-        if msg.status not in ("delivered", "read"):
-            msg.status = "failed"
-    elif update_.status == "deleted":
-        msg.status = "deleted"
-    elif msg.status not in ("failed", "deleted") and STATUS_RANK[update_.status] > STATUS_RANK.get(msg.status, -1):
+        if msg.status not in (MessageStatus.DELIVERED, MessageStatus.READ):
+            msg.status = MessageStatus.FAILED
+    elif update_.status == MessageStatus.DELETED:
+        msg.status = MessageStatus.DELETED
+    elif (msg.status not in (MessageStatus.FAILED, MessageStatus.DELETED)
+          and STATUS_RANK[update_.status] > STATUS_RANK.get(msg.status, -1)):
         msg.status = update_.status
 
 
@@ -197,8 +157,8 @@ def store_statuses(statuses: list[StatusUpdate]) -> int:
                 ).scalar_one_or_none()
                 if msg is not None and msg.wa_message_id is None:
                     msg.wa_message_id = st.wa_message_id
-                    if msg.status in ("queued", "sending"):
-                        msg.status, msg.next_attempt_at = "sent", None
+                    if msg.status in PENDING:
+                        msg.status, msg.next_attempt_at = MessageStatus.SENT, None
             if msg is None:
                 log.debug("status for unknown message %s", st.wa_message_id)
                 continue

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from crm.api import bp
+from crm.app.api import bp
 
 ERROR = {"$ref": "#/components/responses/Error"}
 CONTACT_ID = {"name": "contact_id", "in": "path", "required": True, "schema": {"type": "integer"}}

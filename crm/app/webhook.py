@@ -16,8 +16,9 @@ import time
 from flask import Blueprint, abort, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from crm.extensions import get_settings
-from crm.intake import store_inbound, store_statuses
+from crm.base import metrics
+from crm.base.extensions import get_settings
+from crm.replies.intake import store_inbound, store_statuses
 from integrations.whatsapp.inbound import parse_webhook
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ OUTCOMES = {200: "ok", 400: "malformed", 401: "bad_signature", 413: "too_large",
 @bp.after_request
 def count_request(response):
     if request.method == "POST":
-        from crm import metrics
-
         metrics.WEBHOOK_REQUESTS.labels(OUTCOMES.get(response.status_code, str(response.status_code))).inc()
     return response
 
@@ -90,8 +89,10 @@ def receive():
     except Exception:  # database or Redis down: make Meta re-deliver
         log.exception("webhook event could not be stored", extra={"event": "webhook.store_failed"})
         abort(503)
-    from crm import metrics
-
     metrics.webhook_processed(len(parsed.messages), sum(1 for s in stored if s.new),
                               len(parsed.statuses))
     return {"status": "ok"}, 200
+
+
+def init_app(app) -> None:
+    app.register_blueprint(bp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from sqlalchemy import text
 
-from crm.extensions import db, get_redis
+from crm.base.extensions import db, get_redis
 
 bp = Blueprint("health", __name__)
 
@@ -29,3 +29,7 @@ def healthz():
     if down:
         body["down"] = down
     return jsonify(body), 503 if down else 200
+
+
+def init_app(app) -> None:
+    app.register_blueprint(bp)

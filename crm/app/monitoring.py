@@ -7,11 +7,13 @@ import hmac
 import os
 import uuid
 
+import rq_dashboard
 from flask import Blueprint, Flask, Response, current_app, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
+from rq_dashboard.web import setup_rq_connection
 
-from crm.extensions import QUEUE_NAMES
+from crm.base.keys import QUEUE_NAMES
 
 bp = Blueprint("monitoring", __name__)
 
@@ -35,8 +37,6 @@ class QueueDepth:
 @bp.get("/metrics")
 def metrics():
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
@@ -78,10 +78,7 @@ def echo_request_id(response):
     return response
 
 
-def init_monitoring(app: Flask) -> None:
-    import rq_dashboard
-    from rq_dashboard.web import setup_rq_connection
-
+def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.config["RQ_DASHBOARD_REDIS_URL"] = app.config["SETTINGS"].redis_url
     setup_rq_connection(app)

@@ -8,10 +8,13 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from crm.extensions import db
-from crm.models import Contact, utcnow
-from flows.document import FlowError
-from flows.models import OPEN_STATUSES, Flow, FlowSession
+from crm.base.enums import OPEN_STATUSES
+from crm.base.extensions import db
+from crm.base.models import Contact, utcnow
+from crm.replies.expiry import expire_idle_sessions
+from flows.document import FlowError, check_library
+from flows.models import Flow, FlowSession
+from flows.store import import_flows, load_files
 
 flows_cli = AppGroup("flows", help="Import, export, validate and list flows.")
 sessions_cli = AppGroup("sessions", help="Inspect and expire flow sessions.")
@@ -21,9 +24,6 @@ sessions_cli = AppGroup("sessions", help="Inspect and expire flow sessions.")
 @click.argument("paths", nargs=-1, required=True)
 def validate_cmd(paths):
     """Validate flow files without importing them."""
-    from flows.document import check_library
-    from flows.store import load_files
-
     try:
         loaded = load_files(list(paths))
         problems = check_library([x.doc for x in loaded]) if len(loaded) > 1 else []
@@ -40,8 +40,6 @@ def validate_cmd(paths):
 @click.argument("paths", nargs=-1, required=True)
 def import_cmd(paths):
     """Import flow files or folders (upsert by name; all or nothing)."""
-    from flows.store import import_flows, load_files
-
     try:
         results = import_flows(load_files(list(paths)))
     except FlowError as exc:
@@ -76,8 +74,6 @@ def list_cmd():
 @sessions_cli.command("expire")
 def expire_cmd():
     """Expire idle sessions now and print how many."""
-    from flows.expiry import expire_idle_sessions
-
     summary = expire_idle_sessions()
     click.echo(f"expired {summary['expired']} session(s), queued {summary['notices']} notice(s)")
 
@@ -94,3 +90,8 @@ def sessions_list_cmd():
         idle = (now - s.last_activity_at).total_seconds()
         click.echo(f"{wa_id:16} {s.flow_name:16} {s.step_id or '-':16} {s.status:9} idle {idle:8.0f}s")
     click.echo(f"{len(rows)} open session(s)")
+
+
+def init_app(app) -> None:
+    app.cli.add_command(flows_cli)
+    app.cli.add_command(sessions_cli)

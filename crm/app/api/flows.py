@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import jsonify, request
 from sqlalchemy import select
 
-from crm.api import ApiError, bp, stamp
-from crm.extensions import db
+from crm.app.api import ApiError, bp, stamp
+from crm.base.extensions import db
 from flows.document import FlowDoc, FlowError, check_library, parse_flow
 from flows.models import Flow
 from flows.store import bump_generation, import_flows

@@ -1,0 +1,54 @@
+"""The application factory: configuration, extensions, then each package's ``init_app``.
+
+Flask tutorial style: the factory only wires. Each package registers its own pieces
+(blueprints, CLI groups, flow actions, schedules) in its ``init_app``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask
+
+import football
+from crm import replies
+from crm.app import api, cli, health, monitoring, webhook
+from crm.base import extensions, logs
+from crm.base.config import PROJECT_ROOT, Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Application factory. ``settings`` defaults to the environment."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
+    app.config.update(
+        SETTINGS=settings,
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        # A server may drop idle connections; an SQLite file cannot (and a ping per checkout
+        # costs the webhook a round trip).
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": not settings.database_url.startswith("sqlite")},
+        MIGRATIONS_DIR=PROJECT_ROOT / "migrations",
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    if settings.database_url.startswith("sqlite:///"):
+        Path(settings.database_url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+
+    logs.configure_logging(settings.log_level)
+    logs.register_secrets(
+        settings.whatsapp_access_token,
+        settings.whatsapp_app_secret,
+        settings.whatsapp_verify_token,
+        settings.apifootball_key,
+        settings.rq_dashboard_password,
+        *settings.operator_api_tokens,
+    )
+    extensions.init_app(app)
+    replies.init_app(app)
+    football.init_app(app)
+    health.init_app(app)
+    webhook.init_app(app)
+    api.init_app(app)
+    monitoring.init_app(app)
+    cli.init_app(app)
+    return app

@@ -1,0 +1,63 @@
+"""Every Redis key, queue name and TTL the project uses, one line each (RQ's ``defaults.py`` style).
+
+All keys start with ``crm:``; RQ's own keys (``rq:...``) are RQ's business.
+"""
+
+from __future__ import annotations
+
+PREFIX = "crm:"
+
+# Queues: ``high`` replies (the reply workers), ``default`` other user-facing work,
+# ``low`` football sync (its own worker, never a reply worker).
+HIGH, DEFAULT, LOW = "high", "default", "low"
+QUEUE_NAMES = (HIGH, DEFAULT, LOW)
+QUEUE_TIMEOUT = {HIGH: 300, DEFAULT: 300, LOW: 1800}  # job timeout per queue, seconds
+
+RESULT_TTL = 300  # finished job results, seconds (never read back; RQ deletes them dearer than it keeps)
+FAILURE_TTL = 7 * 24 * 3600  # failed jobs stay a week for inspection in /rq
+CONTACT_JOB_TIMEOUT = 120  # one contact task, seconds
+
+SEEN_TTL = 7 * 24 * 3600  # a webhook message id already stored: later copies skip the database
+QUEUED_TTL = 60  # a contact's task is queued or running (covers a crash between marker and enqueue)
+LOCK_TTL_MS = 60_000  # the contact lock, extended while its task runs
+OPERATOR_LOCK_TTL_MS = 30_000  # the contact lock held by an operator action
+SYNC_LOCK_TTL = 1800  # a football sync of one kind, seconds (longer than its job timeout)
+APOLOGY_TTL = 3600  # at most one "sorry, something went wrong" per contact per hour
+TURN_FAILURES_TTL = 24 * 3600  # failed attempts at one inbound message
+
+
+def seen(phone_number_id: str, wa_message_id: str) -> str:
+    return f"{PREFIX}seen:{phone_number_id}:{wa_message_id}"
+
+
+def queued(contact_id: int) -> str:
+    return f"{PREFIX}queued:contact:{contact_id}"
+
+
+def contact_lock(contact_id: int) -> str:
+    return f"{PREFIX}lock:contact:{contact_id}"
+
+
+def apology(contact_id: int) -> str:
+    return f"{PREFIX}apology:contact:{contact_id}"
+
+
+def turn_failures(message_id: int) -> str:
+    return f"{PREFIX}failures:message:{message_id}"
+
+
+def sync_lock(kind: str) -> str:
+    return f"{PREFIX}football:sync-lock:{kind}"
+
+
+FLOWS_GENERATION = f"{PREFIX}flows:generation"  # bumped on every flow import: processes reload their library
+APIFOOTBALL_RATE = f"{PREFIX}apifootball:rate"  # the shared slot of the APIFootball rate limit
+
+
+def contact_job_id(contact_id: int, message_id: int | None = None) -> str | None:
+    """RQ job id of a contact task woken for a stored message (None: RQ picks one).
+
+    Derived from the message row, so the same webhook copy never queues two tasks; never a
+    fixed id per contact, which a failed job's hash (kept ``FAILURE_TTL``) would block.
+    """
+    return f"in-{message_id}" if message_id is not None else None

@@ -1,0 +1,237 @@
+"""The contact task (queue ``high``): the one entry point for a contact's work.
+
+``run_contact(contact_id)`` takes the contact's lock, delivers its outbox (queued rows, in
+order) and answers the oldest unanswered inbound message; then, if more is waiting, the
+contact goes to the back of the queue (``wake``), so every contact gets its turn. A task
+that finds the lock taken (an operator action, another task) clears the queued marker and
+returns: the holder looks at the inbox again after releasing, so nothing waits forever.
+
+Poison never jams a contact: a turn that fails (any exception, the same message
+``TURN_MAX_ATTEMPTS`` times) is set aside — the inbound row is marked ``failed`` with the
+error, the contact gets one short apology (at most one an hour) and the queue moves on.
+Operators see failed messages and can retry them (``retry_failed``).
+
+The database is the inbox, so nothing is lost when a worker dies or Redis blips:
+``crm.replies.recovery`` re-wakes contacts whose messages have waited too long.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from sqlalchemy import JSON, DateTime, Float, String, bindparam, cast, literal, null, select, union_all
+from sqlalchemy.orm.exc import StaleDataError
+
+from crm.base import keys, metrics
+from crm.base.enums import Direction, MessageStatus, Origin
+from crm.base.extensions import db, get_redis, get_settings
+from crm.base.locks import ContactLock, LockLost
+from crm.base.models import Message, utcnow
+from crm.replies.delivery import OutboxPass, backoff, get_client, outbound_values, outbox_head
+from crm.replies.turns import load_contact, process_inbound
+from crm.replies.wake import wake
+from integrations.whatsapp import messages as wa
+
+log = logging.getLogger(__name__)
+# Turns one task takes before the contact goes to the back of the queue (None: drain the
+# inbox). One turn per task keeps latency fair when many contacts write at once: a contact
+# that answers instantly cannot hold a worker while others wait.
+TURNS_PER_JOB: int | None = 1
+APOLOGY = "Sorry, something went wrong with your last message. Send 'menu' to start again."
+
+messages = Message.__table__
+_REPLY_MS = messages.update().where(messages.c.id == bindparam("b_id")).values(reply_ms=bindparam("b_ms"))
+_SET_ASIDE = (messages.update().where(messages.c.id == bindparam("b_id"), messages.c.processed_at.is_(None))
+              .values(status=MessageStatus.FAILED, processed_at=bindparam("b_now"), failed_at=bindparam("b_now"),
+                      error_title=bindparam("b_title"), error_details=bindparam("b_details")))
+
+_INBOX_HEAD = (select(messages.c.id, cast(null(), DateTime()).label("next_attempt_at"), messages.c.payload,
+                      messages.c.phone_number_id, messages.c.wa_message_id, messages.c.received_at)
+               .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == Direction.IN,
+                      messages.c.processed_at.is_(None)).order_by(messages.c.id).limit(1).subquery())
+_OUTBOX_HEAD = outbox_head(messages.c.id, messages.c.next_attempt_at, cast(null(), JSON()).label("payload"),
+                           cast(null(), String()).label("phone_number_id"),
+                           cast(null(), String()).label("wa_message_id"),
+                           cast(null(), Float()).label("received_at")).subquery()
+_HEADS = union_all(select(literal("in").label("box"), _INBOX_HEAD),
+                   select(literal("out").label("box"), _OUTBOX_HEAD))
+
+
+def heads(contact_id: int):
+    """(inbox head, outbox head) in one round trip: the oldest unanswered inbound row (id, payload,
+    phone_number_id, wa_message_id, received_at) and the oldest unsent outbound row (id,
+    next_attempt_at), each None when there is none."""
+    inbox = outbox = None
+    for row in db.session.execute(_HEADS, {"b_contact": contact_id}):
+        if row.box == "in":
+            inbox = row
+        else:
+            outbox = row
+    return inbox, outbox
+
+
+def has_work(contact_id: int) -> bool:
+    """Whether a message waits for an answer, or the outbox head may be sent now."""
+    inbox, outbox = heads(contact_id)
+    return inbox is not None or (outbox is not None and (
+        outbox.next_attempt_at is None or outbox.next_attempt_at <= utcnow()))
+
+
+def _turn_with_retry(inbound, contact, claim_first: bool):
+    """The idle-session cleanup may expire the session under us: then redo the turn."""
+    for _attempt in range(3):
+        try:
+            return contact, *process_inbound(inbound, contact, claim_first)
+        except StaleDataError:
+            db.session.rollback()
+            claim_first = False  # the cleanup may have queued a notice: delivery takes the outbox head
+            log.info("session changed during the turn; redoing it", extra={"contact_id": contact.id})
+            contact = load_contact(contact.id)
+    raise RuntimeError(f"could not commit a turn for contact {contact.id} after 3 tries")
+
+
+def _deliver(contact, lock: ContactLock, **kwargs):
+    outbox = OutboxPass(contact.id, contact.wa_id, contact.last_inbound_at, lock=lock,
+                        opted_out=contact.opted_out, blocked=contact.blocked, **kwargs)
+    due = outbox.run()
+    if due is not None:
+        wake(contact.id, at=due)
+    return due
+
+
+def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> None:
+    """Deliver the outbox, then answer waiting messages (at most ``max_turns``), in order."""
+    settings = get_settings()
+    turns = 0
+    while max_turns is None or turns < max_turns:
+        contact = load_contact(contact_id)
+        if contact is None:
+            return
+        inbound, outbox_head = heads(contact_id)
+        outbox_clear = outbox_head is None
+        if not outbox_clear:
+            outbox_clear = _deliver(contact, lock) is None
+        if inbound is None:
+            return
+        try:
+            contact, turn, rows, scene = _turn_with_retry(inbound, contact, claim_first=outbox_clear)
+        except LockLost:
+            raise
+        except Exception as exc:  # noqa: BLE001 - poison: count it, set it aside at the limit
+            db.session.rollback()
+            if not _turn_failed(contact, inbound, exc, settings.turn_max_attempts):
+                return  # retried later, after a backoff
+            turns += 1
+            continue
+        reply_ms: list[float] = []  # webhook -> first accepted send, once known
+
+        def on_sent(_message_id: int, when: float, reply_ms: list = reply_ms, inbound=inbound) -> None:
+            if not reply_ms and inbound.received_at:
+                reply_ms.append(round((when - inbound.received_at) * 1000, 1))
+                db.session.execute(_REPLY_MS, {"b_id": inbound.id, "b_ms": reply_ms[0]})
+
+        due = _deliver(contact, lock, on_sent=on_sent, claimed=rows[0] if rows else None,
+                       then=rows[1:] if rows else None)
+        latency_ms = reply_ms[0] if reply_ms else None
+        if latency_ms is not None:
+            metrics.REPLY_LATENCY.observe(latency_ms / 1000)
+        session = turn.session if turn else None
+        log.info("processed message %s", inbound.id, extra={
+            "event": "flow.turn", "contact_id": contact_id, "flow": session.flow if session else None,
+            "step": session.step if session else None, "ms": latency_ms})
+        if turn is not None and session.status != "handover":
+            # Read receipt after the reply: it must never hold the reply back. The typing
+            # indicator only makes sense while a reply is still on its way.
+            get_client().mark_read(inbound.phone_number_id or settings.whatsapp_phone_number_id,
+                                   inbound.wa_message_id, typing=due is not None)
+        scene.run_after()
+        lock.extend()
+        turns += 1
+
+
+def _turn_failed(contact, inbound, exc: Exception, max_attempts: int) -> bool:
+    """Count a failed turn; at ``max_attempts`` set the message aside. True when set aside."""
+    redis = get_redis()
+    key = keys.turn_failures(inbound.id)
+    pipe = redis.pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, keys.TURN_FAILURES_TTL)
+    attempts = pipe.execute()[0]
+    if attempts < max_attempts:
+        metrics.TURNS_FAILED.labels("retry").inc()
+        log.warning("turn for message %s failed (attempt %s of %s): %s", inbound.id, attempts, max_attempts,
+                    _describe(exc), extra={"event": "flow.turn_failed", "contact_id": contact.id})
+        wake(contact.id, at=utcnow() + backoff(attempts, base=1.0))
+        return False
+    set_aside(contact, inbound, exc)
+    return True
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def set_aside(contact, inbound, exc: Exception) -> None:
+    """Mark a message that cannot be processed as failed, tell the user once an hour, move on."""
+    now = utcnow()
+    detail = "".join(traceback.format_exception_only(type(exc), exc))[-2000:]
+    db.session.execute(_SET_ASIDE, {"b_id": inbound.id, "b_now": now, "b_title": _describe(exc)[:512],
+                                    "b_details": detail})
+    apologise = not (contact.opted_out or contact.blocked) and get_redis().set(
+        keys.apology(contact.id), 1, nx=True, ex=keys.APOLOGY_TTL)
+    if apologise:
+        db.session.execute(messages.insert(), outbound_values(
+            contact.id, inbound.phone_number_id or get_settings().whatsapp_phone_number_id, wa.text(APOLOGY),
+            Origin.SYSTEM, None, now))
+    db.session.commit()
+    metrics.TURNS_FAILED.labels("set_aside").inc()
+    log.error("message %s set aside after repeated failures: %s", inbound.id, _describe(exc),
+              extra={"event": "flow.message_set_aside", "contact_id": contact.id})
+
+
+def run_contact(contact_id: int) -> str:
+    """The contact task: deliver the contact's outbox and answer its waiting messages, in order.
+
+    After ``TURNS_PER_JOB`` turns, or when the inbox is empty, the lock is released and the
+    contact's queued marker cleared; work that is still (or newly) waiting is woken again, at
+    the back of the queue.
+    """
+    redis = get_redis()
+    lock = ContactLock(redis, contact_id)
+    if not lock.acquire():
+        redis.delete(keys.queued(contact_id))  # the holder looks at the inbox when it is done
+        return "busy"
+    outcome = "done"
+    try:
+        drain(contact_id, lock, max_turns=TURNS_PER_JOB)
+    except LockLost as exc:
+        log.warning("contact task stopped: %s", exc, extra={"event": "flow.lock_lost", "contact_id": contact_id})
+        outcome = "lock lost"
+    finally:
+        db.session.rollback()
+        pipe = redis.pipeline(transaction=False)  # one round trip for both
+        lock.release(pipe)
+        pipe.delete(keys.queued(contact_id))
+        pipe.execute()
+    if has_work(contact_id):
+        wake(contact_id)
+        return "requeued"
+    return outcome
+
+
+def retry_failed(message_id: int) -> bool:
+    """Put a set-aside inbound message back at its place in the contact's inbox (an operator's retry)."""
+    row = db.session.execute(select(messages.c.contact_id).where(
+        messages.c.id == message_id, messages.c.direction == Direction.IN,
+        messages.c.status == MessageStatus.FAILED)).first()
+    if row is None:
+        return False
+    db.session.execute(messages.update().where(messages.c.id == message_id).values(
+        status=MessageStatus.RECEIVED, processed_at=None, failed_at=None, error_title=None, error_details=None))
+    db.session.commit()
+    get_redis().delete(keys.turn_failures(message_id))
+    wake(row.contact_id)
+    return True
+
+
