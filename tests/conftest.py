@@ -12,7 +12,6 @@ import uuid
 
 import pytest
 import redis as redis_lib
-
 from flask_migrate import upgrade
 
 from crm.app import create_app

@@ -13,8 +13,8 @@ from crm.base.models import Contact, Message, utcnow
 from football import parse
 from football.models import Fixture, League, Odds, Team, TeamFollow
 from integrations.apifootball import APIFootballClient, APIFootballError, RateLimiter
-from tests.helpers import envelope, import_examples, message, post_webhook, run_worker, say
 from tests.football_fake import API_KEY, PATH, FakeAPIFootball, event, odds_row, season
+from tests.helpers import envelope, import_examples, message, post_webhook, run_worker, say
 
 
 @pytest.fixture
