@@ -17,6 +17,7 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import case, or_, select
 
+from crm.base import metrics
 from crm.base.extensions import db
 from crm.base.models import utcnow
 from crm.replies.intake import dialect_insert
@@ -89,8 +90,6 @@ class Sync:
         self.progress, self.now = progress, now
 
     def _run(self, stage: str, fn) -> StageResult:
-        from crm.base import metrics
-
         result = StageResult(stage)
         calls, started = self.client.calls, time.perf_counter()
         try:

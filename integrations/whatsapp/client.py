@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import requests
 
+from integrations.whatsapp import messages as wa
+
 log = logging.getLogger(__name__)
 
 # Meta's throttling / temporary codes (https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes)
@@ -110,6 +112,4 @@ class WhatsAppClient:
         return self._post(phone_number_id, body)
 
     def mark_read(self, phone_number_id: str, wa_message_id: str, typing: bool = True) -> SendResult:
-        from integrations.whatsapp.messages import mark_read
-
-        return self._post(phone_number_id, mark_read(wa_message_id, typing))
+        return self._post(phone_number_id, wa.mark_read(wa_message_id, typing))
