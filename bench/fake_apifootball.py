@@ -57,7 +57,7 @@ def main() -> None:
               "none": json.dumps({"error": 404, "message": "No event found (please check your plan)!"}).encode()}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self):  # http.server's name
             query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
             time.sleep(args.delay)
             action = query.get("action", "")

@@ -28,7 +28,7 @@ class Graph(BaseHTTPRequestHandler):
     def log_message(self, *_args):
         pass
 
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):  # http.server's naming
         self.rfile.read(int(self.headers["Content-Length"]))
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

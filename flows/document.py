@@ -389,7 +389,7 @@ def semantic_problems(doc: FlowDoc) -> list[tuple[tuple, str]]:
 
 def render_message(msg, render) -> dict:
     """A message spec as a WhatsApp message object; ``render`` fills in templates."""
-    r = lambda v: render(v) if v else v  # noqa: E731
+    r = lambda v: render(v) if v else v
     if isinstance(msg, TextMsg):
         return wa.text(r(msg.text), msg.preview_url)
     if isinstance(msg, ButtonsMsg):

@@ -153,7 +153,7 @@ class Renderer:
                    "message": self.message}
         try:
             return _compile(source).render(context)
-        except Exception as exc:  # noqa: BLE001 - a template bug must not kill the turn
+        except Exception as exc:  # a template bug must not kill the turn
             self.errors.append(ev.FlowFailed({"template": source[:200], "error": str(exc)}))
             return ""
 
@@ -309,7 +309,7 @@ class _Run:
             if fn is None:
                 raise LookupError(f"no action named {step.action!r}")
             result = fn(params, {"contact": self.contact, "vars": self.session.vars})
-        except Exception as exc:  # noqa: BLE001 - actions are outside code
+        except Exception as exc:  # actions are outside code
             self.turn.events.append(ev.FlowFailed({"action": step.action, "error": str(exc)}))
             if step.save_as:
                 self.session.vars[step.save_as] = None

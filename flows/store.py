@@ -76,7 +76,7 @@ def bump_generation() -> None:
     library_cache.clear()  # this process sees its own change at once, the others within CHECK_SECONDS
     try:
         get_redis().incr(GENERATION_KEY)
-    except Exception:  # noqa: BLE001 - the cache also expires by time
+    except Exception:  # the cache also expires by time
         pass
 
 
@@ -95,7 +95,7 @@ class LibraryCache:
             return self._library
         try:
             generation = get_redis().get(GENERATION_KEY)
-        except Exception:  # noqa: BLE001
+        except Exception:
             generation = self._generation
         self._checked_at = now
         fresh = now - self._loaded_at < CACHE_SECONDS

@@ -51,14 +51,15 @@ class APIFootballError(Exception):
 class RateLimiter:
     """A call-spacing limit shared by every process that uses the same Redis."""
 
-    def __init__(self, redis: Redis, per_minute: int, key: str = RATE_KEY):
-        self.redis, self.key = redis, key
+    def __init__(self, redis: Redis, per_minute: int, key: str = RATE_KEY,
+                 clock: Callable[[], float] = time.time):
+        self.redis, self.key, self.clock = redis, key, clock
         self.interval_ms = 60_000 / max(1, per_minute)
         self._reserve = redis.register_script(_RESERVE)
 
     def reserve(self) -> float:
         """Seconds to wait before the caller may send its request."""
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock() * 1000)
         wait_ms = self._reserve(keys=[self.key], args=[now_ms, self.interval_ms])
         return max(0.0, float(wait_ms) / 1000)
 

@@ -53,7 +53,7 @@ def _postgres_available() -> bool:
 
         with psycopg.connect(POSTGRES_URL, connect_timeout=2):
             return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 

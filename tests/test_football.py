@@ -28,8 +28,8 @@ def fapp(make_app, graph, api, httpserver):
                     APIFOOTBALL_RATE_PER_MINUTE=60000)
 
 
-def client_for(httpserver, redis=None, per_minute=60000, **kwargs) -> APIFootballClient:
-    limiter = RateLimiter(redis, per_minute) if redis is not None else None
+def client_for(httpserver, redis=None, per_minute=60000, clock=None, **kwargs) -> APIFootballClient:
+    limiter = RateLimiter(redis, per_minute, clock=clock or time.time) if redis is not None else None
     kwargs.setdefault("sleep", lambda s: None)
     return APIFootballClient(httpserver.url_for(PATH), API_KEY, limiter, **kwargs)
 
@@ -106,8 +106,9 @@ def test_gives_up_after_max_attempts(httpserver, api):
 def test_rate_limit_is_shared_through_redis(httpserver, api, fapp):
     redis = fapp.extensions["redis"]
     waits_a, waits_b = [], []
-    a = client_for(httpserver, redis, per_minute=60, sleep=waits_a.append)
-    b = client_for(httpserver, redis, per_minute=60, sleep=waits_b.append)  # another process, same Redis
+    frozen = lambda: 1_000_000.0  # an injected clock: the waits do not depend on this machine's speed
+    a = client_for(httpserver, redis, per_minute=60, clock=frozen, sleep=waits_a.append)
+    b = client_for(httpserver, redis, per_minute=60, clock=frozen, sleep=waits_b.append)  # same Redis
     a.leagues()
     a.leagues()
     b.leagues()

@@ -105,7 +105,7 @@ class Message(db.Model):
         return str(uuid.uuid4())
 
     def to_dict(self) -> dict:
-        stamp = lambda d: d.isoformat() + "Z" if d else None  # noqa: E731
+        stamp = lambda d: d.isoformat() + "Z" if d else None
         return {
             "id": self.id,
             "direction": self.direction,

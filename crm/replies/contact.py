@@ -118,7 +118,7 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> N
             contact, turn, rows, scene = _turn_with_retry(inbound, contact, claim_first=outbox_clear)
         except LockLost:
             raise
-        except Exception as exc:  # noqa: BLE001 - poison: count it, set it aside at the limit
+        except Exception as exc:  # poison: count it, set it aside at the limit
             db.session.rollback()
             if not _turn_failed(contact, inbound, exc, settings.turn_max_attempts):
                 return  # retried later, after a backoff

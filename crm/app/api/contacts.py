@@ -229,7 +229,7 @@ def start_session(contact_id: int):
     return jsonify(session=session.to_dict() if session else None, messages=len(turn.messages)), 201
 
 
-class contact_lock:  # noqa: N801 - a context manager, named like one
+class contact_lock:  # a context manager, named like one
     """Hold the contact's flow lock so an operator change never interleaves with a flow turn."""
 
     def __init__(self, contact_id: int, wait: float = 3.0):

@@ -43,7 +43,7 @@ SEND = {"type": "object", "required": ["type"], "properties": {
 
 
 def document() -> dict:
-    b = lambda name: {"name": name, "in": "query", "schema": {"type": "boolean"}}  # noqa: E731
+    b = lambda name: {"name": name, "in": "query", "schema": {"type": "boolean"}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "WhatsApp CRM operator API", "version": "1.0.0",
