@@ -40,6 +40,7 @@ class FakeGraph:
         self.server = server
         self.requests: list[dict] = []
         self.script: list = []  # items: (status, body) or "timeout"
+        self.fail_to: dict[str, tuple[int, dict]] = {}  # recipient -> (status, body): answered so, always
         self.lock = threading.Lock()
         self.counter = 0
         server.expect_request(f"/v23.0/{PNID}/messages", method="POST").respond_with_handler(self.handle)
@@ -48,7 +49,8 @@ class FakeGraph:
     def handle(self, request):
         body = json.loads(request.data)
         with self.lock:
-            step = self.script.pop(0) if self.script else None
+            step = self.fail_to.get(body.get("to")) if "status" not in body else None
+            step = step or (self.script.pop(0) if self.script else None)
             self.counter += 1
             wamid = f"wamid.out.{self.counter}"
         if step == "timeout":
