@@ -225,6 +225,8 @@ class EnterFlowStep(StepBase):
 class HandoverStep(StepBase):
     type: Literal["handover"]
     text: str | None = None
+    # The user may leave the handover with the menu or cancel keywords (STOP always works).
+    exit_keywords: bool = True
 
 
 class EndStep(StepBase):

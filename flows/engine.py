@@ -200,21 +200,29 @@ class _Run:
         s, inbound, settings = self.session, self.inbound, self.settings
         textual = inbound.type in ("text", "button", "button_reply", "list_reply") and inbound.text
         norm = normalize(inbound.text) if textual else ""
+        pressed = normalize(inbound.reply_id) if inbound.reply_id else ""
         if self.contact.get("opted_out"):
-            if norm in settings.optin_keywords:
+            if norm in settings.optin_keywords or pressed in settings.optin_keywords:
                 self.turn.events.append(ev.OptedIn())
                 self.contact["opted_out"] = False
                 self.say_text(settings.optin_message)
             return self.turn
+        if (norm and norm in settings.optout_keywords) or (pressed and pressed in settings.optout_keywords):
+            # STOP is STOP: typed or pressed, in any state, a handover included.
+            if s.status in (SessionStatus.ACTIVE, SessionStatus.HANDOVER):
+                self.end(EndReason.STOPPED)
+            self.turn.events.append(ev.OptedOut())
+            self.say_text(settings.optout_message)
+            return self.turn
         if s.status == SessionStatus.HANDOVER:
+            if inbound.type == "text" and norm and self._may_leave_handover():
+                if norm in settings.cancel_keywords:
+                    self.end(EndReason.CANCELLED, settings.cancel_message)
+                    return self.turn
+                if norm in settings.menu_keywords and settings.main_menu_flow in self.library.flows:
+                    return self.start(self.library.flows[settings.main_menu_flow], EndReason.RESTARTED)
             return self.turn  # a human owns the conversation: the bot stays silent
         if inbound.type == "text" and norm:
-            if norm in settings.optout_keywords:
-                if s.status == SessionStatus.ACTIVE:
-                    self.end(EndReason.STOPPED)
-                self.turn.events.append(ev.OptedOut())
-                self.say_text(settings.optout_message)
-                return self.turn
             if norm in settings.cancel_keywords:
                 if s.status == SessionStatus.ACTIVE:
                     self.end(EndReason.CANCELLED, settings.cancel_message)
@@ -238,9 +246,15 @@ class _Run:
             return self.start(matched, EndReason.RESTARTED)
         return self.turn
 
+    def _may_leave_handover(self) -> bool:
+        """Whether the menu/cancel keywords end this handover (its step says; an operator's takeover: yes)."""
+        steps = self.library.steps.get(self.session.flow or "", {})
+        step = steps.get(self.session.step or "")
+        return not isinstance(step, d.HandoverStep) or step.exit_keywords
+
     def start(self, flow: d.FlowDoc, previous_end: str) -> Turn:
         s = self.session
-        if s.status == SessionStatus.ACTIVE:
+        if s.status in (SessionStatus.ACTIVE, SessionStatus.HANDOVER):
             self.turn.events.append(ev.SessionEnded(previous_end, s.flow))
         s.flow, s.status, s.vars, s.waiting = flow.name, SessionStatus.ACTIVE, {}, None
         s.flow_version = self.library.versions.get(flow.name)

@@ -102,10 +102,38 @@ def test_buttons_then_choice_by_id_title_and_number():
 
 
 def test_handover_silences_the_bot():
-    turns = run(lib(WELCOME), ["hi", e.Inbound(type="button_reply", text="Beta", reply_id="b"), "hello?", "menu"])
+    turns = run(lib(WELCOME), ["hi", e.Inbound(type="button_reply", text="Beta", reply_id="b"), "hello?", "hi"])
     assert texts(turns[1]) == ["A person will answer"]
     assert turns[1].session.status == "handover" and turns[1].effect("handover")
     assert turns[2].messages == [] and turns[3].messages == []
+
+
+@pytest.mark.parametrize("word, status, said", [
+    ("menu", "active", "Hi Ana! Pick one"),
+    ("cancel", "ended", "OK, stopped. Send 'menu' whenever you want to start again."),
+    ("STOP", "ended", "You will not get any more messages from us. Send 'start' to subscribe again."),
+])
+def test_the_user_can_leave_a_handover(word, status, said):
+    turns = run(lib(WELCOME), ["hi", e.Inbound(type="button_reply", text="Beta", reply_id="b"), word])
+    assert turns[2].session.status == status and texts(turns[2])[0] == said
+
+
+def test_a_flow_can_keep_the_user_in_its_handover_but_stop_still_works():
+    kept = WELCOME.replace('text: "A person will answer"}', 'text: "A person will answer", exit_keywords: false}')
+    turns = run(lib(kept), ["hi", e.Inbound(type="button_reply", text="Beta", reply_id="b"), "menu", "cancel", "stop"])
+    assert turns[2].messages == [] and turns[3].messages == [] and turns[3].session.status == "handover"
+    assert turns[4].effect("opt_out") and turns[4].session.status == "ended"
+
+
+@pytest.mark.parametrize("inbound", [
+    e.Inbound(type="button_reply", text="Stop", reply_id="stop"),
+    e.Inbound(type="list_reply", text="STOP", reply_id="row-9"),
+    e.Inbound(type="button", text="Stop promotions", reply_id="STOP"),
+    e.Inbound(text="  sToP! "),
+], ids=["button reply", "list reply", "template quick reply", "typed, any case"])
+def test_stop_opts_out_however_it_is_sent(inbound):
+    turns = run(lib(WELCOME), ["hi", inbound])
+    assert turns[1].effect("opt_out") and turns[1].session.status == "ended"
 
 
 @pytest.mark.parametrize("answers, last", [

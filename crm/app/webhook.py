@@ -18,11 +18,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from crm.base import metrics
 from crm.base.extensions import get_settings
+from crm.base.outages import OutageLog, dependency, is_bad_data, is_outage
 from crm.replies.intake import store_inbound, store_statuses
-from integrations.whatsapp.inbound import parse_webhook
+from integrations.whatsapp.inbound import InboundMessage, parse_webhook
 
 log = logging.getLogger(__name__)
 bp = Blueprint("whatsapp_webhook", __name__)
+OUTAGES = OutageLog(log)
 
 MAX_BODY = 1024 * 1024
 
@@ -84,14 +86,48 @@ def receive():
     for warning in parsed.warnings:
         log.warning("webhook: %s", warning, extra={"event": "webhook.unexpected_shape"})
     try:
-        stored = store_inbound(parsed.messages, received_at)
+        try:
+            stored = store_inbound(parsed.messages, received_at)
+        except Exception as exc:
+            if not is_bad_data(exc):
+                raise
+            stored = store_one_by_one(parsed.messages, received_at)
         store_statuses(parsed.statuses)
-    except Exception:  # database or Redis down: make Meta re-deliver
-        log.exception("webhook event could not be stored", extra={"event": "webhook.store_failed"})
+    except Exception as exc:  # the database or Redis is down: make Meta re-deliver
+        if is_outage(exc):
+            OUTAGES.down(dependency(exc), exc)
+        else:
+            log.exception("webhook event could not be stored", extra={"event": "webhook.store_failed"})
         abort(503)
+    OUTAGES.up("database")
+    OUTAGES.up("redis")
     metrics.webhook_processed(len(parsed.messages), sum(1 for s in stored if s.new),
                               len(parsed.statuses))
     return {"status": "ok"}, 200
+
+
+def store_one_by_one(messages: list[InboundMessage], received_at: float) -> list:
+    """A delivery whose batch could not be stored: store each message on its own, so one that
+    the database refuses never takes the others down with it (nor makes Meta retry forever).
+    A message refused even alone is stored as an ``unsupported`` placeholder with the reason."""
+    stored = []
+    for m in messages:
+        try:
+            stored += store_inbound([m], received_at)
+        except Exception as exc:
+            if not is_bad_data(exc):
+                raise
+            log.exception("message %s could not be stored as sent; storing a placeholder", m.wa_message_id,
+                          extra={"event": "webhook.message_refused"})
+            stored += store_inbound([placeholder(m, exc)], received_at)
+    return stored
+
+
+def placeholder(m: InboundMessage, exc: Exception) -> InboundMessage:
+    return InboundMessage(
+        phone_number_id=m.phone_number_id, wa_id=m.wa_id, wa_message_id=m.wa_message_id, type="unsupported",
+        payload={"type": "unsupported", "id": m.wa_message_id, "refused": f"{type(exc).__name__}"},
+        timestamp=m.timestamp, user_id=m.user_id)
 
 
 def init_app(app) -> None:

@@ -17,6 +17,7 @@ lost with a crashed process is recovered from the database inbox
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -30,6 +31,9 @@ import football.jobs  # noqa: F401
 from crm.app import create_app
 from crm.base import keys
 from crm.base.extensions import db
+from crm.base.outages import OUTAGE_ERRORS, OutageLog
+
+log = logging.getLogger("crm.app.worker")
 
 
 class AppWorker(SimpleWorker):
@@ -73,10 +77,45 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("football jobs (low) must not share a process with replies (high)")
     os.environ.setdefault("TZ", "UTC")
     app = create_app()
-    worker = build_worker(app, args.queues, args.name)
-    # RQ's own lines (4 per job at INFO) repeat what our one line per message says: WARNING by default.
-    worker.work(burst=args.burst, with_scheduler=True, logging_level=app.config["SETTINGS"].rq_log_level)
-    return 0
+    return run(app, args.queues, args.name, burst=args.burst)
+
+
+def run(app, queue_names: list[str], name: str | None = None, burst: bool = False) -> int:
+    """Work the queues until asked to stop, riding out Redis and database outages.
+
+    RQ retries a lost connection only while it waits for a job; anywhere else (start-up, a
+    heartbeat, its bookkeeping after a job) the error ends ``work()``. Then we wait, with
+    backoff, log once per state change, and start a fresh worker: the process never exits
+    for an outage, so honcho (which stops every process when one exits) keeps the stack up.
+    """
+    outages = OutageLog(log)
+    wait = 1.0
+    while True:
+        worker = build_worker(app, queue_names, name)
+        try:
+            # RQ's own lines (4 per job at INFO) repeat our one line per message: WARNING by default.
+            worker.work(burst=burst, with_scheduler=True, logging_level=app.config["SETTINGS"].rq_log_level)
+        except OUTAGE_ERRORS as exc:
+            outages.down("redis", exc)
+        else:
+            if burst or worker._stop_requested:
+                return 0
+            # RQ logged why it quit (an error it did not expect): start a fresh worker.
+            if _redis_down(app):
+                outages.down("redis", ConnectionError("the worker stopped"))
+        time.sleep(wait)
+        wait = min(wait * 2, 10.0)
+        if not _redis_down(app):
+            outages.up("redis")
+            wait = 1.0
+
+
+def _redis_down(app) -> bool:
+    try:
+        app.extensions["redis"].ping()
+        return False
+    except OUTAGE_ERRORS:
+        return True
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from crm.base.enums import Direction, MessageStatus, Origin
 from crm.base.extensions import db, get_redis, get_settings
 from crm.base.locks import ContactLock, LockLost
 from crm.base.models import Message, utcnow
+from crm.base.outages import is_outage
 from crm.replies.delivery import OutboxPass, backoff, get_client, outbound_values, outbox_head
 from crm.replies.turns import load_contact, process_inbound
 from crm.replies.wake import wake
@@ -119,6 +120,8 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> N
         except LockLost:
             raise
         except Exception as exc:  # poison: count it, set it aside at the limit
+            if is_outage(exc):
+                raise  # not the message's fault: recovery wakes the contact when things are back
             db.session.rollback()
             if not _turn_failed(contact, inbound, exc, settings.turn_max_attempts):
                 return  # retried later, after a backoff
@@ -209,11 +212,13 @@ def run_contact(contact_id: int) -> str:
         log.warning("contact task stopped: %s", exc, extra={"event": "flow.lock_lost", "contact_id": contact_id})
         outcome = "lock lost"
     finally:
-        db.session.rollback()
-        pipe = redis.pipeline(transaction=False)  # one round trip for both
-        lock.release(pipe)
-        pipe.delete(keys.queued(contact_id))
-        pipe.execute()
+        try:
+            db.session.rollback()
+        finally:  # even with the database away: free the contact at once (else the TTLs do)
+            pipe = redis.pipeline(transaction=False)  # one round trip for both
+            lock.release(pipe)
+            pipe.delete(keys.queued(contact_id))
+            pipe.execute()
     if has_work(contact_id):
         wake(contact_id)
         return "requeued"
