@@ -16,12 +16,12 @@ import logging
 import time
 from datetime import timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 
 from crm.base import metrics
 from crm.base.enums import Direction, EndReason, Origin, SessionStatus
 from crm.base.extensions import db, get_settings
-from crm.base.models import Message, utcnow
+from crm.base.models import Contact, Message, utcnow
 from crm.replies.delivery import outbound_values
 from crm.replies.sessions import end_values, expiry_notice
 from crm.replies.wake import wake_many
@@ -60,7 +60,8 @@ def expire_idle_sessions(now=None, batch: int = 1000) -> dict:
         ).all()
         expired += len(rows)
         texts = {name: expiry_notice(library, name) for name in {r.flow_name for r in rows}}
-        wanted = [r for r in rows if texts[r.flow_name]]
+        silent = _without_consent([r.contact_id for r in rows])
+        wanted = [r for r in rows if texts[r.flow_name] and r.contact_id not in silent]
         if wanted:
             numbers = _reply_numbers([r.contact_id for r in wanted]) if wanted else {}
             payload = [
@@ -73,14 +74,42 @@ def expire_idle_sessions(now=None, batch: int = 1000) -> dict:
             notices += len(payload)
             contacts += [r.contact_id for r in wanted]
         db.session.commit()
+    handovers = end_idle_handovers(now)
     db_seconds = time.monotonic() - started
     wake_many(contacts)
     metrics.SESSIONS_EXPIRED.inc(expired)
-    summary = {"expired": expired, "notices": notices, "seconds": round(time.monotonic() - started, 3),
-               "db_seconds": round(db_seconds, 3)}
+    summary = {"expired": expired, "notices": notices, "handovers_ended": handovers,
+               "seconds": round(time.monotonic() - started, 3), "db_seconds": round(db_seconds, 3)}
     log.info("[Idle Conversation Cleanup] Done: %(expired)d session(s) expired, %(notices)d notice(s) "
              "queued in %(seconds).3fs", summary, extra={"event": "sessions.cleanup_done"})
     return summary
+
+
+def end_idle_handovers(now) -> int:
+    """A handover with no message either way for ``HANDOVER_IDLE_HOURS`` ends: the bot answers again.
+
+    Inbound messages (their turn) and operator sends move the session's ``last_activity_at``.
+    """
+    cutoff = now - timedelta(hours=get_settings().handover_idle_hours)
+    ended = db.session.execute(
+        update(FlowSession)
+        .where(FlowSession.status == SessionStatus.HANDOVER, FlowSession.last_activity_at <= cutoff)
+        .values(**end_values(EndReason.HANDOVER_IDLE, now))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    if ended:
+        log.info("%d handover(s) ended after %s h without messages", ended, get_settings().handover_idle_hours,
+                 extra={"event": "sessions.handover_idle"})
+    return ended
+
+
+def _without_consent(contact_ids: list[int]) -> set[int]:
+    """Contacts that opted out or are blocked: they get no notice."""
+    if not contact_ids:
+        return set()
+    return set(db.session.execute(select(Contact.id).where(
+        Contact.id.in_(contact_ids), or_(Contact.opted_out.is_(True), Contact.blocked.is_(True)))).scalars())
 
 
 def _reply_numbers(contact_ids: list[int]) -> dict[int, str]:

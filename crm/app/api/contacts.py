@@ -187,6 +187,8 @@ def send_message(contact_id: int):
     session = open_session(contact.id)
     row = queue_outbound(contact, get_settings().whatsapp_phone_number_id, message, Origin.OPERATOR,
                          session.id if session else None)
+    if session is not None and session.status == SessionStatus.HANDOVER:
+        session.last_activity_at = utcnow()  # an answered handover is not idle
     db.session.commit()
     wake(contact.id)
     return jsonify({**row.to_dict(), "origin": row.origin}), 202

@@ -52,6 +52,12 @@ def document() -> dict:
         "security": [{"bearer": []}],
         "paths": {
             "/api/openapi.json": {"get": {**op("This document", "meta", errors=()), "security": []}},
+            "/api/failed-messages": {"get": op("Inbound messages set aside after repeated failures", "messages",
+                                               PAGE, errors=("400", "401"))},
+            "/api/messages/{message_id}/retry": {"post": op(
+                "Retry a set-aside message", "messages",
+                [{"name": "message_id", "in": "path", "required": True, "schema": INTEGER}], ok="202",
+                errors=("401", "404"))},
             "/api/contacts": {"get": op("List and search contacts", "contacts", [
                 {"name": "q", "in": "query", "schema": STRING, "description": "name or WhatsApp id contains"},
                 b("handover"), b("opted_out"), b("blocked"),
