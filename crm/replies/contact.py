@@ -20,11 +20,24 @@ from __future__ import annotations
 import logging
 import traceback
 
-from sqlalchemy import JSON, DateTime, Float, String, bindparam, cast, literal, null, select, union_all
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    String,
+    bindparam,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.orm.exc import StaleDataError
 
 from crm.base import keys, metrics
-from crm.base.enums import Direction, MessageStatus, Origin
+from crm.base.enums import Direction, MessageStatus, Origin, SessionStatus
 from crm.base.extensions import db, get_redis, get_settings
 from crm.base.locks import ContactLock, LockLost
 from crm.base.models import Message, utcnow
@@ -47,22 +60,28 @@ _SET_ASIDE = (messages.update().where(messages.c.id == bindparam("b_id"), messag
               .values(status=MessageStatus.FAILED, processed_at=bindparam("b_now"), failed_at=bindparam("b_now"),
                       error_title=bindparam("b_title"), error_details=bindparam("b_details")))
 
+_WAITING = (messages.c.contact_id == bindparam("b_contact"), messages.c.direction == Direction.IN,
+            messages.c.processed_at.is_(None))
+# The newest waiting message rides along: a burst gets one read receipt, for its last message
+# (Meta marks the earlier ones read with it).
+_NEWEST = select(func.max(messages.c.id)).where(*_WAITING).scalar_subquery()
 _INBOX_HEAD = (select(messages.c.id, cast(null(), DateTime()).label("next_attempt_at"), messages.c.payload,
-                      messages.c.phone_number_id, messages.c.wa_message_id, messages.c.received_at)
-               .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == Direction.IN,
-                      messages.c.processed_at.is_(None)).order_by(messages.c.id).limit(1).subquery())
+                      messages.c.phone_number_id, messages.c.wa_message_id, messages.c.received_at,
+                      _NEWEST.label("newest"))
+               .where(*_WAITING).order_by(messages.c.id).limit(1).subquery())
 _OUTBOX_HEAD = outbox_head(messages.c.id, messages.c.next_attempt_at, cast(null(), JSON()).label("payload"),
                            cast(null(), String()).label("phone_number_id"),
                            cast(null(), String()).label("wa_message_id"),
-                           cast(null(), Float()).label("received_at")).subquery()
+                           cast(null(), Float()).label("received_at"),
+                           cast(null(), BigInteger()).label("newest")).subquery()
 _HEADS = union_all(select(literal("in").label("box"), _INBOX_HEAD),
                    select(literal("out").label("box"), _OUTBOX_HEAD))
 
 
 def heads(contact_id: int):
     """(inbox head, outbox head) in one round trip: the oldest unanswered inbound row (id, payload,
-    phone_number_id, wa_message_id, received_at) and the oldest unsent outbound row (id,
-    next_attempt_at), each None when there is none."""
+    phone_number_id, wa_message_id, received_at, and the id of the newest waiting one) and the
+    oldest unsent outbound row (id, next_attempt_at), each None when there is none."""
     inbox = outbox = None
     for row in db.session.execute(_HEADS, {"b_contact": contact_id}):
         if row.box == "in":
@@ -143,7 +162,7 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> N
         log.info("processed message %s", inbound.id, extra={
             "event": "flow.turn", "contact_id": contact_id, "flow": session.flow if session else None,
             "step": session.step if session else None, "ms": latency_ms})
-        if turn is not None and session.status != "handover":
+        if turn is not None and session.status != SessionStatus.HANDOVER and inbound.newest == inbound.id:
             # Read receipt after the reply: it must never hold the reply back. The typing
             # indicator only makes sense while a reply is still on its way.
             get_client().mark_read(inbound.phone_number_id or settings.whatsapp_phone_number_id,
