@@ -247,10 +247,11 @@ class _Run:
         return self.turn
 
     def _may_leave_handover(self) -> bool:
-        """Whether the menu/cancel keywords end this handover (its step says; an operator's takeover: yes)."""
-        steps = self.library.steps.get(self.session.flow or "", {})
-        step = steps.get(self.session.step or "")
-        return not isinstance(step, d.HandoverStep) or step.exit_keywords
+        """Whether the menu/cancel keywords end this handover: a flow's handover step says (yes by
+        default); a conversation an operator took over stays theirs until they resolve it (or it
+        idles out after HANDOVER_IDLE_HOURS; STOP always works)."""
+        step = self.library.steps.get(self.session.flow or "", {}).get(self.session.step or "")
+        return isinstance(step, d.HandoverStep) and step.exit_keywords
 
     def start(self, flow: d.FlowDoc, previous_end: str) -> Turn:
         s = self.session

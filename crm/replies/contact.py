@@ -18,6 +18,7 @@ The database is the inbox, so nothing is lost when a worker dies or Redis blips:
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 
 from sqlalchemy import (
@@ -44,7 +45,7 @@ from crm.base.models import Message, utcnow
 from crm.base.outages import is_outage
 from crm.replies.delivery import OutboxPass, backoff, get_client, outbound_values, outbox_head
 from crm.replies.turns import load_contact, process_inbound
-from crm.replies.wake import wake
+from crm.replies.wake import take_next, wake
 from integrations.whatsapp import messages as wa
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ log = logging.getLogger(__name__)
 # inbox). One turn per task keeps latency fair when many contacts write at once: a contact
 # that answers instantly cannot hold a worker while others wait.
 TURNS_PER_JOB: int | None = 1
+# A task serves the contacts queued behind it for up to this long (and at most this many in
+# all), saving RQ's per-job bookkeeping (about a fifth of a reply worker's CPU, measured with
+# py-spy) while the queue is busy; it changes nothing while the queue is empty.
+SERVE_BUDGET = 0.25
+SERVE_MAX = 16
 APOLOGY = "Sorry, something went wrong with your last message. Send 'menu' to start again."
 
 messages = Message.__table__
@@ -217,8 +223,22 @@ def run_contact(contact_id: int) -> str:
 
     After ``TURNS_PER_JOB`` turns, or when the inbox is empty, the lock is released and the
     contact's queued marker cleared; work that is still (or newly) waiting is woken again, at
-    the back of the queue.
+    the back of the queue. Then, within ``SERVE_BUDGET`` seconds, the task serves the contacts
+    queued behind it the same way (``wake.take_next``), one turn each.
     """
+    outcome = serve_contact(contact_id)
+    deadline, served = time.monotonic() + SERVE_BUDGET, 1
+    while served < SERVE_MAX and time.monotonic() < deadline:
+        following = take_next()
+        if following is None:
+            break
+        serve_contact(following)
+        served += 1
+    return outcome
+
+
+def serve_contact(contact_id: int) -> str:
+    """One contact's turn under its lock (see ``run_contact``)."""
     redis = get_redis()
     lock = ContactLock(redis, contact_id)
     if not lock.acquire():
