@@ -92,8 +92,8 @@ def describe(msg: dict) -> tuple[str, str | None, str | None]:
         label = loc.get("name") or loc.get("address")
         return "location", label or f"{loc.get('latitude')},{loc.get('longitude')}", None
     if kind == "contacts":
-        names = [_dict(c.get("name")).get("formatted_name") for c in _list(msg.get("contacts"))]
-        return "contacts", ", ".join(n for n in names if n) or None, None
+        names = [_dict(_dict(c).get("name")).get("formatted_name") for c in _list(msg.get("contacts"))]
+        return "contacts", ", ".join(n for n in names if isinstance(n, str) and n) or None, None
     if kind == "reaction":
         return "reaction", _dict(msg.get("reaction")).get("emoji"), None
     if kind == "order":
@@ -129,7 +129,8 @@ def parse_webhook(body: Any) -> ParsedWebhook:
             profiles = {}
             for contact in _list(value.get("contacts")):
                 contact = _dict(contact)
-                profiles[contact.get("wa_id")] = contact
+                if isinstance(contact.get("wa_id"), str):
+                    profiles[contact["wa_id"]] = contact
             for m_index, msg in enumerate(_list(value.get("messages"))):
                 msg = _dict(msg)
                 wa_id, wamid = msg.get("from"), msg.get("id")
