@@ -60,6 +60,15 @@ def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _items(container: dict, name: str, where: str, out: ParsedWebhook) -> list:
+    """``container[name]``, a list of the envelope; anything else there is dropped with a warning."""
+    value = container.get(name)
+    if value is None or isinstance(value, list):
+        return value or []
+    out.warnings.append(f"{where}{name} is {type(value).__name__}, not a list: ignored")
+    return []
+
+
 def _list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
@@ -114,8 +123,11 @@ def parse_webhook(body: Any) -> ParsedWebhook:
     if body.get("object") != "whatsapp_business_account":
         out.warnings.append(f"unknown object {body.get('object')!r}")
         return out
-    for e_index, entry in enumerate(_list(body.get("entry"))):
-        for c_index, change in enumerate(_list(_dict(entry).get("changes"))):
+    for e_index, entry in enumerate(_items(body, "entry", "", out)):
+        if not isinstance(entry, dict):
+            out.warnings.append(f"entry[{e_index}] is {type(entry).__name__}, not an object: ignored")
+            continue
+        for c_index, change in enumerate(_items(entry, "changes", f"entry[{e_index}].", out)):
             change = _dict(change)
             where = f"entry[{e_index}].changes[{c_index}]"
             if change.get("field") != "messages":
@@ -131,7 +143,7 @@ def parse_webhook(body: Any) -> ParsedWebhook:
                 contact = _dict(contact)
                 if isinstance(contact.get("wa_id"), str):
                     profiles[contact["wa_id"]] = contact
-            for m_index, msg in enumerate(_list(value.get("messages"))):
+            for m_index, msg in enumerate(_items(value, "messages", f"{where}.value.", out)):
                 msg = _dict(msg)
                 wa_id, wamid = msg.get("from"), msg.get("id")
                 if not isinstance(wa_id, str) or not isinstance(wamid, str) or not wa_id or not wamid:
@@ -157,7 +169,7 @@ def parse_webhook(body: Any) -> ParsedWebhook:
                         referral=msg.get("referral") if isinstance(msg.get("referral"), dict) else None,
                     )
                 )
-            for s_index, status in enumerate(_list(value.get("statuses"))):
+            for s_index, status in enumerate(_items(value, "statuses", f"{where}.value.", out)):
                 status = _dict(status)
                 if status.get("status") not in STATUS_VALUES or not isinstance(status.get("id"), str):
                     out.warnings.append(f"{where}.statuses[{s_index}]: unknown status {status.get('status')!r}")
