@@ -56,7 +56,8 @@ def get_client() -> WhatsAppClient:
 
 def backoff(attempt: int, base: float = 2.0, cap: float = 120.0) -> timedelta:
     """Exponential backoff with jitter: about 2, 4, 8, 16 s ... (50-100% of the step)."""
-    step = min(cap, base * 2 ** (attempt - 1))
+    # A float exponent past 1023 overflows; the cap was reached long before (WHATSAPP_MAX_ATTEMPTS has no upper bound).
+    step = min(cap, base * 2.0 ** min(attempt - 1, 1023))
     return timedelta(seconds=step * random.uniform(0.5, 1.0))
 
 

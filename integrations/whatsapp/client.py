@@ -12,6 +12,7 @@ import os
 import threading
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 
@@ -58,15 +59,23 @@ def _session() -> requests.Session:
     return session
 
 
-def classify_error(http_status: int, body: dict | None) -> SendResult:
-    error = (body or {}).get("error") or {}
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def classify_error(http_status: int, body: Any) -> SendResult:
+    """A failed answer as a SendResult; ``body`` is the decoded JSON, whatever its shape (or None)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
     code = error.get("code")
     try:
         code = int(code) if code is not None else None
     except (TypeError, ValueError):
         code = None
-    details = (error.get("error_data") or {}).get("details") or error.get("message")
-    title = error.get("title") or error.get("message") or f"HTTP {http_status}"
+    error_data = error.get("error_data")
+    message = _str(error.get("message"))
+    details = _str(error_data.get("details") if isinstance(error_data, dict) else None) or message
+    title = _str(error.get("title")) or message or f"HTTP {http_status}"
     retryable = http_status == 429 or http_status >= 500 or code in RETRYABLE_CODES
     return SendResult(ok=False, http_status=http_status, error_code=code, error_title=title[:512],
                       error_details=details, retryable=retryable)

@@ -60,6 +60,15 @@ def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _items(container: dict, name: str, where: str, out: ParsedWebhook) -> list:
+    """``container[name]``, a list of the envelope; anything else there is dropped with a warning."""
+    value = container.get(name)
+    if value is None or isinstance(value, list):
+        return value or []
+    out.warnings.append(f"{where}{name} is {type(value).__name__}, not a list: ignored")
+    return []
+
+
 def _list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
@@ -92,8 +101,8 @@ def describe(msg: dict) -> tuple[str, str | None, str | None]:
         label = loc.get("name") or loc.get("address")
         return "location", label or f"{loc.get('latitude')},{loc.get('longitude')}", None
     if kind == "contacts":
-        names = [_dict(c.get("name")).get("formatted_name") for c in _list(msg.get("contacts"))]
-        return "contacts", ", ".join(n for n in names if n) or None, None
+        names = [_dict(_dict(c).get("name")).get("formatted_name") for c in _list(msg.get("contacts"))]
+        return "contacts", ", ".join(n for n in names if isinstance(n, str) and n) or None, None
     if kind == "reaction":
         return "reaction", _dict(msg.get("reaction")).get("emoji"), None
     if kind == "order":
@@ -114,8 +123,11 @@ def parse_webhook(body: Any) -> ParsedWebhook:
     if body.get("object") != "whatsapp_business_account":
         out.warnings.append(f"unknown object {body.get('object')!r}")
         return out
-    for e_index, entry in enumerate(_list(body.get("entry"))):
-        for c_index, change in enumerate(_list(_dict(entry).get("changes"))):
+    for e_index, entry in enumerate(_items(body, "entry", "", out)):
+        if not isinstance(entry, dict):
+            out.warnings.append(f"entry[{e_index}] is {type(entry).__name__}, not an object: ignored")
+            continue
+        for c_index, change in enumerate(_items(entry, "changes", f"entry[{e_index}].", out)):
             change = _dict(change)
             where = f"entry[{e_index}].changes[{c_index}]"
             if change.get("field") != "messages":
@@ -129,8 +141,9 @@ def parse_webhook(body: Any) -> ParsedWebhook:
             profiles = {}
             for contact in _list(value.get("contacts")):
                 contact = _dict(contact)
-                profiles[contact.get("wa_id")] = contact
-            for m_index, msg in enumerate(_list(value.get("messages"))):
+                if isinstance(contact.get("wa_id"), str):
+                    profiles[contact["wa_id"]] = contact
+            for m_index, msg in enumerate(_items(value, "messages", f"{where}.value.", out)):
                 msg = _dict(msg)
                 wa_id, wamid = msg.get("from"), msg.get("id")
                 if not isinstance(wa_id, str) or not isinstance(wamid, str) or not wa_id or not wamid:
@@ -156,7 +169,7 @@ def parse_webhook(body: Any) -> ParsedWebhook:
                         referral=msg.get("referral") if isinstance(msg.get("referral"), dict) else None,
                     )
                 )
-            for s_index, status in enumerate(_list(value.get("statuses"))):
+            for s_index, status in enumerate(_items(value, "statuses", f"{where}.value.", out)):
                 status = _dict(status)
                 if status.get("status") not in STATUS_VALUES or not isinstance(status.get("id"), str):
                     out.warnings.append(f"{where}.statuses[{s_index}]: unknown status {status.get('status')!r}")

@@ -69,6 +69,7 @@ def buttons(body: str, options: Iterable[tuple[str, str]], header: str | None = 
         raise MessageLimitError(f"reply buttons: {len(options)} given; 1 to {BUTTONS_MAX} allowed")
     seen_ids, seen_titles = set(), set()
     for reply_id, title in options:
+        _require(reply_id, "button id")
         _require(title, "button title")
         _check_len(title, BUTTON_TITLE_MAX, f"button title {title!r}")
         _check_len(reply_id, BUTTON_ID_MAX, "button id")
@@ -103,6 +104,7 @@ def list_message(body: str, button: str, sections: list[dict], header: str | Non
     for section in sections:
         rows = []
         for row in section["rows"]:
+            _require(row.get("id"), "list row id")
             _require(row.get("title"), "list row title")
             _check_len(row["title"], ROW_TITLE_MAX, f"list row title {row['title']!r}")
             _check_len(row["id"], ROW_ID_MAX, "list row id")
