@@ -93,8 +93,9 @@ def test_fifty_contacts_ten_messages_exactly_once(echo_app, graph):
     procs = spawn_workers(echo_app, 3)
     for p in procs:
         assert p.wait(120) == 0, p.stderr.read().decode()[-2000:]
+    logs = "".join(p.stderr.read().decode()[-3000:] for p in procs)
     for c in range(50):
-        assert graph.texts(f"3{c:03d}") == [f"echo m{i} #{i + 1}" for i in range(10)]
+        assert graph.texts(f"3{c:03d}") == [f"echo m{i} #{i + 1}" for i in range(10)], logs
     assert len(graph.sent) == 500
 
 

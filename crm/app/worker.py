@@ -91,12 +91,16 @@ def run(app, queue_names: list[str], name: str | None = None, burst: bool = Fals
     outages = OutageLog(log)
     wait = 1.0
     while True:
-        worker = build_worker(app, queue_names, name)
+        worker = None
         try:
+            worker = build_worker(app, queue_names, name)  # RQ talks to Redis here already
             # RQ's own lines (4 per job at INFO) repeat our one line per message: WARNING by default.
             worker.work(burst=burst, with_scheduler=True, logging_level=app.config["SETTINGS"].rq_log_level)
         except OUTAGE_ERRORS as exc:
             outages.down("redis", exc)
+        except Exception as exc:  # anything else RQ raised: log it, never exit for it
+            log.exception("the RQ worker stopped on %s; starting a fresh one", type(exc).__name__,
+                          extra={"event": "worker.restart"})
         else:
             if burst or worker._stop_requested:
                 return 0

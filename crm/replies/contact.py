@@ -17,9 +17,11 @@ The database is the inbox, so nothing is lost when a worker dies or Redis blips:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
+from datetime import timedelta
 
 from sqlalchemy import (
     JSON,
@@ -58,6 +60,7 @@ TURNS_PER_JOB: int | None = 1
 # py-spy) while the queue is busy; it changes nothing while the queue is empty.
 SERVE_BUDGET = 0.25
 SERVE_MAX = 16
+RETRY_AFTER_FAILURE = timedelta(seconds=5)
 APOLOGY = "Sorry, something went wrong with your last message. Send 'menu' to start again."
 
 messages = Message.__table__
@@ -232,7 +235,11 @@ def run_contact(contact_id: int) -> str:
         following = take_next()
         if following is None:
             break
-        serve_contact(following)
+        try:
+            serve_contact(following)
+        except Exception:  # that contact's own problem: it is woken again; this task goes on
+            log.exception("contact task for %s failed", following,
+                          extra={"event": "flow.task_failed", "contact_id": following})
         served += 1
     return outcome
 
@@ -250,6 +257,9 @@ def serve_contact(contact_id: int) -> str:
     except LockLost as exc:
         log.warning("contact task stopped: %s", exc, extra={"event": "flow.lock_lost", "contact_id": contact_id})
         outcome = "lock lost"
+    except Exception:
+        outcome = "failed"
+        raise
     finally:
         try:
             db.session.rollback()
@@ -258,6 +268,9 @@ def serve_contact(contact_id: int) -> str:
             lock.release(pipe)
             pipe.delete(keys.queued(contact_id))
             pipe.execute()
+            if outcome == "failed":  # an outage or a bug of ours: try again soon (recovery also would)
+                with contextlib.suppress(Exception):
+                    wake(contact_id, at=utcnow() + RETRY_AFTER_FAILURE)
     if has_work(contact_id):
         wake(contact_id)
         return "requeued"
