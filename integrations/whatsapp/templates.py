@@ -241,17 +241,25 @@ class RemoteTemplate:
     params: TemplateParams
 
 
+# Column sizes of the store (crm.base.templates): longer values are not Meta's and are skipped.
+NAME_MAX, LANGUAGE_MAX, ID_MAX, CATEGORY_MAX = 512, 16, 32, 32
+
+
+def _named(name: Any, language: str) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= NAME_MAX and 0 < len(language) <= LANGUAGE_MAX
+
+
 def parse_template(data: Any) -> RemoteTemplate | None:
-    """One template node; None when it lacks a name or language (the caller warns)."""
+    """One template node; None when it lacks a usable name or language (the caller warns)."""
     if not isinstance(data, dict):
         return None
     name, language = data.get("name"), normalize_language(data.get("language"))
-    if not isinstance(name, str) or not name or not language:
+    if not _named(name, language):
         return None
     components = data.get("components") if isinstance(data.get("components"), list) else []
     return RemoteTemplate(
-        id=str(data.get("id") or ""), name=name, language=language,
-        category=str(data["category"]).upper() if data.get("category") else None,
+        id=str(data.get("id") or "")[:ID_MAX], name=name, language=language,
+        category=str(data["category"]).upper()[:CATEGORY_MAX] if data.get("category") else None,
         status=TemplateStatus(str(data.get("status") or "")), components=components,
         params=count_parameters(components, data.get("parameter_format")))
 
@@ -280,15 +288,16 @@ def parse_status_update(waba_id: Any, value: Any, time: Any = None) -> TemplateS
     if not isinstance(value, dict):
         return None
     name, language = value.get("message_template_name"), normalize_language(value.get("message_template_language"))
-    if not isinstance(name, str) or not name or not language:
+    if not _named(name, language):
         return None
     raw = str(value.get("event") or "")
     reason = value.get("reason")
     return TemplateStatusUpdate(
-        waba_id=str(waba_id or ""), template_id=str(value.get("message_template_id") or ""), name=name,
-        language=language, event=TemplateEvent(raw), raw_event=raw,
+        waba_id=str(waba_id or "")[:ID_MAX], template_id=str(value.get("message_template_id") or "")[:ID_MAX],
+        name=name, language=language, event=TemplateEvent(raw), raw_event=raw,
         reason=str(reason)[:64] if reason not in (None, "") else None,
-        category=str(value["message_template_category"]).upper() if value.get("message_template_category") else None,
+        category=(str(value["message_template_category"]).upper()[:CATEGORY_MAX]
+                  if value.get("message_template_category") else None),
         time=_epoch(time))
 
 
