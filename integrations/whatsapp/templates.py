@@ -245,18 +245,23 @@ class RemoteTemplate:
 NAME_MAX, LANGUAGE_MAX, ID_MAX, CATEGORY_MAX = 512, 16, 32, 32
 
 
-def _named(name: Any, language: str) -> bool:
-    return isinstance(name, str) and 0 < len(name) <= NAME_MAX and 0 < len(language) <= LANGUAGE_MAX
+def _name(value: Any, language: str) -> str | None:
+    """The template name when it and the language fit the store."""
+    if isinstance(value, str) and 0 < len(value) <= NAME_MAX and 0 < len(language) <= LANGUAGE_MAX:
+        return value
+    return None
 
 
 def parse_template(data: Any) -> RemoteTemplate | None:
     """One template node; None when it lacks a usable name or language (the caller warns)."""
     if not isinstance(data, dict):
         return None
-    name, language = data.get("name"), normalize_language(data.get("language"))
-    if not _named(name, language):
+    language = normalize_language(data.get("language"))
+    name = _name(data.get("name"), language)
+    if name is None:
         return None
-    components = data.get("components") if isinstance(data.get("components"), list) else []
+    raw_components = data.get("components")
+    components: list = raw_components if isinstance(raw_components, list) else []
     return RemoteTemplate(
         id=str(data.get("id") or "")[:ID_MAX], name=name, language=language,
         category=str(data["category"]).upper()[:CATEGORY_MAX] if data.get("category") else None,
@@ -287,8 +292,9 @@ def parse_status_update(waba_id: Any, value: Any, time: Any = None) -> TemplateS
     """The change's ``value`` (``waba_id`` and ``time`` from its entry); None when it names no template."""
     if not isinstance(value, dict):
         return None
-    name, language = value.get("message_template_name"), normalize_language(value.get("message_template_language"))
-    if not _named(name, language):
+    language = normalize_language(value.get("message_template_language"))
+    name = _name(value.get("message_template_name"), language)
+    if name is None:
         return None
     raw = str(value.get("event") or "")
     reason = value.get("reason")
@@ -357,15 +363,14 @@ class TemplatesClient:
                 params["after"] = after
             data = self._get(params, out)
             out.pages += 1
-            for i, item in enumerate(data.get("data") if isinstance(data.get("data"), list) else []):
+            for i, item in enumerate(_list(data.get("data"))):
                 template = parse_template(item)
                 if template is None:
                     out.warnings.append(f"page {out.pages} item {i}: a template without name or language")
                 else:
                     out.templates.append(template)
-            paging = data.get("paging") if isinstance(data.get("paging"), dict) else {}
-            cursors = paging.get("cursors") if isinstance(paging.get("cursors"), dict) else {}
-            after = cursors.get("after")
+            paging = _dict(data.get("paging"))
+            after = _dict(paging.get("cursors")).get("after")
             if not paging.get("next") or not isinstance(after, str) or not after or after in seen:
                 return out
             seen.add(after)
@@ -374,8 +379,8 @@ class TemplatesClient:
 
     def _get(self, params: dict, out: TemplateList) -> dict:
         headers = {"Authorization": f"Bearer {self.token}"}
-        last: TemplateClientError | None = None
-        for attempt in range(1, self.max_attempts + 1):
+        last = TemplateClientError("message_templates: no attempt made")
+        for attempt in range(1, max(1, self.max_attempts) + 1):
             retry_after = None
             out.calls += 1
             try:
@@ -403,7 +408,7 @@ class TemplatesClient:
         raise last
 
     def _error(self, status: int, data: Any) -> TemplateClientError:
-        error = data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), dict) else {}
+        error = _dict(_dict(data).get("error"))
         try:
             code = int(error["code"]) if error.get("code") is not None else None
         except (TypeError, ValueError):
@@ -413,6 +418,14 @@ class TemplatesClient:
         retryable = status == 429 or status >= 500 or code in RETRYABLE_CODES
         text = f"message_templates: HTTP {status}" + (f", error {code}" if code is not None else "")
         return TemplateClientError(f"{text}: {message}" if message else text, status, code, retryable)
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _retry_after(response: requests.Response) -> float | None:
