@@ -265,11 +265,15 @@ def start_pusher(app) -> Pusher | None:
 
 
 def _passive_pusher(app) -> Pusher:
-    """A process that serves /metrics without a timer (tests, a CLI) pushes at each scrape."""
+    """This process's pusher; one that serves /metrics without a timer (tests, a CLI) pushes at
+    each scrape."""
     global _pusher
+    interval = app.config["SETTINGS"].metrics_push_seconds
     with _pusher_lock:
         if _pusher is None or _pusher.pid != os.getpid():
-            _pusher = _new_pusher(app.extensions["redis"], app.config["SETTINGS"].metrics_push_seconds)
+            _pusher = _new_pusher(app.extensions["redis"], interval)
+        elif _pusher._thread is None:
+            _pusher.interval = interval  # the app serving this scrape decides when an instance is dead
         return _pusher
 
 
@@ -322,7 +326,7 @@ def _order(key: tuple) -> tuple:
 def deployment_families(app, redis: Redis | None = None) -> list[Metric]:
     """Every process's ``crm_*`` counters, histograms and summaries, summed (reads Redis)."""
     redis = redis or app.extensions["redis"]
-    pusher = _pusher if _pusher is not None and _pusher.pid == os.getpid() else _passive_pusher(app)
+    pusher = _passive_pusher(app)  # this process's timer pusher when it has one
     pusher.push(redis)
     parts = _script(redis, "read", _READ)(keys=[KEY_INSTANCES, KEY_RETIRED, KEY_META], args=[KEY_INSTANCE],
                                           client=redis)
