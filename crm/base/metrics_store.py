@@ -214,8 +214,9 @@ class Pusher:
         """Our counts were retired while we were alive: keep them as a baseline, take a new id."""
         for key, value in (self.pushed or {}).items():
             self.baseline[key] = self.baseline.get(key, 0.0) + value
-        log.warning("metrics instance %s was retired while alive (no push for %.0f s); continuing as a new one",
-                    self.instance, self.stale_after, extra={"event": "metrics.instance_retired"})
+        log.warning("metrics instance %s is no longer in Redis (no push for %.0f s, or Redis lost its data); "
+                    "continuing as a new one", self.instance, self.stale_after,
+                    extra={"event": "metrics.instance_retired"})
         self.instance, self.pushed = new_instance_id(), None
 
     def retire(self) -> None:
