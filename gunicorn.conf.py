@@ -17,3 +17,10 @@ accesslog = "-" if os.environ.get("WEB_ACCESS_LOG") == "1" else None
 # The worker heartbeat touches a file on every loop; in memory it costs no disk I/O
 # (gunicorn's advice for containers). Linux only; elsewhere the default temp directory.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+def post_worker_init(worker):
+    """Each web process pushes its metrics to Redis, where /metrics on any of them sums them."""
+    from crm.base.metrics_store import start_pusher
+
+    start_pusher(worker.wsgi)

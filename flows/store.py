@@ -10,7 +10,17 @@ from sqlalchemy import select
 from crm.base import keys
 from crm.base.extensions import db, get_redis
 from crm.base.models import utcnow
-from flows.document import FlowDoc, FlowError, LoadedFlow, check_library, flow_files, parse_flow
+from crm.base.templates import SYNC_COMMAND, TemplateRefused, require_approved, store_is_empty
+from flows.document import (
+    FlowDoc,
+    FlowError,
+    LoadedFlow,
+    SendStep,
+    TemplateMsg,
+    check_library,
+    flow_files,
+    parse_flow,
+)
 from flows.engine import Library
 from flows.models import Flow
 
@@ -42,12 +52,39 @@ def load_files(paths: list[str]) -> list[LoadedFlow]:
     return loaded
 
 
-def import_flows(loaded: list[LoadedFlow]) -> list[tuple[str, int, str]]:
-    """Upsert by name in one transaction. Returns (name, version, 'created'|'updated'|'unchanged')."""
+def template_problems(loaded: list[LoadedFlow], warnings: list[str] | None = None) -> list[str]:
+    """Template messages must name an approved template and give it its parameters.
+
+    A template that is known and not approved, or unknown while templates have been synced, is a
+    problem. With no template synced at all (a fresh install) nothing can be told: a warning.
+    """
+    uses = [(item, step, i, msg) for item in loaded for step in item.doc.steps if isinstance(step, SendStep)
+            for i, msg in enumerate(step.messages) if isinstance(msg, TemplateMsg)]
+    if not uses:
+        return []
+    if store_is_empty():
+        if warnings is not None:
+            warnings.append(f"{len(uses)} template message(s) not checked: no templates are synced yet "
+                            f"(set WHATSAPP_BUSINESS_ACCOUNT_ID and run `{SYNC_COMMAND}`)")
+        return []
+    problems = []
+    for item, step, i, msg in uses:
+        try:
+            require_approved(msg.name, msg.language, msg.components or None)
+        except TemplateRefused as exc:
+            problems.append(f"{item.path}: step {step.id!r} field 'messages[{i}]': {exc}")
+    return problems
+
+
+def import_flows(loaded: list[LoadedFlow], warnings: list[str] | None = None) -> list[tuple[str, int, str]]:
+    """Upsert by name in one transaction. Returns (name, version, 'created'|'updated'|'unchanged').
+
+    ``warnings`` (when given) collects what did not stop the import (templates not checkable yet).
+    """
     existing = {f.name: f for f in db.session.execute(select(Flow)).scalars()}
     incoming = {item.doc.name: item.doc for item in loaded}
     library = [FlowDoc.model_validate(f.document) for n, f in existing.items() if n not in incoming and f.active]
-    problems = check_library(library + list(incoming.values()))
+    problems = check_library(library + list(incoming.values())) + template_problems(loaded, warnings)
     if problems:
         raise FlowError(problems)
     results = []

@@ -21,6 +21,7 @@ from crm.base.extensions import db, get_queue, get_redis, get_settings
 from crm.base.locks import TokenLock
 from crm.base.models import Contact, utcnow
 from crm.base.schedules import Schedule
+from crm.base.templates import TemplateRefused, require_approved
 from crm.replies.delivery import queue_outbound
 from crm.replies.wake import wake_many
 from football.models import Fixture, TeamFollow
@@ -147,17 +148,34 @@ def result_line(fixture: Fixture) -> str:
     return line
 
 
-def notification(contact: Contact, fixture: Fixture, now) -> dict | None:
+def result_parameters(fixture: Fixture | None) -> list[dict]:
+    line = result_line(fixture)[:1024] if fixture is not None else "result"
+    return [{"type": "body", "parameters": [{"type": "text", "text": line}]}]
+
+
+def result_template() -> tuple[str, str] | None:
+    """(name, language) of FOOTBALL_RESULT_TEMPLATE when it is set and approved with one body
+    parameter; otherwise None, and a warning says why (checked once per notify run)."""
+    configured = get_settings().football_result_template
+    if not configured:
+        return None
+    name, _, language = configured.partition(":")
+    try:
+        template = require_approved(name, language or None, result_parameters(None))
+    except TemplateRefused as exc:
+        log.warning("FOOTBALL_RESULT_TEMPLATE not used: %s", exc, extra={"event": "football.template_refused"})
+        return None
+    return template.name, template.language
+
+
+def notification(contact: Contact, fixture: Fixture, now, template: tuple[str, str] | None = None) -> dict | None:
     """The message telling a follower the result, or None when none may be sent."""
     text = f"Full time ⚽ {result_line(fixture)} ({fixture.league.name})"
     if contact.window_open(now):
         return wa.text(text)
-    name = get_settings().football_result_template
-    if not name:
-        return None  # outside the 24-hour window only a template may be sent, and none is configured
-    template, _, language = name.partition(":")
-    return wa.template(template, language or "en_US", [
-        {"type": "body", "parameters": [{"type": "text", "text": result_line(fixture)[:1024]}]}])
+    if template is None:
+        return None  # outside the 24-hour window only an approved template may be sent
+    return wa.template(template[0], template[1], result_parameters(fixture))
 
 
 def notify_results() -> int:
@@ -174,6 +192,7 @@ def notify_results() -> int:
     ).scalars().all()
     contacts: set[int] = set()
     sent = 0
+    template = result_template() if fixtures else None
     for fixture in fixtures:
         claimed = db.session.execute(
             update(Fixture).where(Fixture.id == fixture.id, Fixture.result_notified_at.is_(None))
@@ -187,9 +206,9 @@ def notify_results() -> int:
                 Contact.blocked.is_(False), Contact.opted_out.is_(False)).order_by(Contact.id)
         ).scalars().all()
         for contact in followers:
-            message = notification(contact, fixture, now)
+            message = notification(contact, fixture, now, template)
             if message is None:
-                log.info("result for %s not sent: outside the 24-hour window and no template", contact.id,
+                log.info("result for %s not sent: outside the 24-hour window and no approved template", contact.id,
                          extra={"event": "football.notify_skipped", "contact_id": contact.id})
                 continue
             queue_outbound(contact, settings.whatsapp_phone_number_id, message, Origin.FOOTBALL)

@@ -20,8 +20,11 @@ from pathlib import Path
 from werkzeug import Response
 
 from crm.app.worker import build_worker
+from crm.base.extensions import db
+from crm.base.templates import MessageTemplate, _set_components
 from flows.document import parse_flow
 from flows.store import import_flows, load_files
+from integrations.whatsapp.templates import count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET, VERIFY, TOKEN, PNID = "app-secret-for-tests", "verify-me", "graph-token-for-tests", "100000000000001"
@@ -170,3 +173,14 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.05) -> bool:
             return True
         time.sleep(every)
     return predicate()
+
+
+def store_template(app, name: str, language: str = "en_US", status: str = "APPROVED", body: str = "Hello",
+                   **extra):
+    """Put a template in the store as a sync would (the tests that do not test the sync itself)."""
+    components = [{"type": "BODY", "text": body}, *extra.pop("components", [])]
+    with app.app_context():
+        row = MessageTemplate(name=name, language=language, status=status, category="UTILITY", **extra)
+        _set_components(row, components, count_parameters(components))
+        db.session.add(row)
+        db.session.commit()

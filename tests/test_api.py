@@ -12,7 +12,7 @@ from sqlalchemy import select
 from crm.base.extensions import db
 from crm.base.models import Contact, Message, utcnow
 from flows.models import FlowSession
-from tests.helpers import envelope, import_examples, message, post_webhook, run_worker, say
+from tests.helpers import envelope, import_examples, message, post_webhook, run_worker, say, store_template
 
 TOKEN = "operator-token-1234"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -45,7 +45,7 @@ ROUTES = [("get", "/api/contacts"), ("get", "/api/contacts/1"), ("patch", "/api/
           ("post", "/api/contacts/1/session"), ("get", "/api/handovers"), ("post", "/api/contacts/1/handover"),
           ("post", "/api/contacts/1/handover/resolve"), ("get", "/api/flows"), ("post", "/api/flows"),
           ("get", "/api/flows/welcome"), ("post", "/api/flows/welcome/activate"),
-          ("post", "/api/flows/welcome/deactivate"), ("get", "/api/stats")]
+          ("post", "/api/flows/welcome/deactivate"), ("get", "/api/stats"), ("get", "/api/templates")]
 
 
 @pytest.mark.parametrize("method, path", ROUTES)
@@ -106,6 +106,7 @@ def test_conversation_and_operator_sends(api_app, client, graph):
     assert sent.status_code == 202 and sent.json["status"] == "queued" and sent.json["origin"] == "operator"
     run_worker(api_app)
     assert graph.texts("26200")[-1] == "Hello from Bo"
+    store_template(api_app, "order_update", "en")
     template = client.post(f"/api/contacts/{cid}/messages", headers=AUTH,
                            json={"type": "template", "name": "order_update", "language": "en"})
     image = client.post(f"/api/contacts/{cid}/messages", headers=AUTH,
@@ -142,6 +143,7 @@ def test_free_text_outside_the_window_is_refused(api_app, client):
         db.session.commit()
     refused = client.post(f"/api/contacts/{cid}/messages", headers=AUTH, json={"type": "text", "text": "late"})
     assert refused.status_code == 409 and "template" in refused.json["error"]["message"]
+    store_template(api_app, "hello")
     template = client.post(f"/api/contacts/{cid}/messages", headers=AUTH, json={"type": "template", "name": "hello"})
     assert template.status_code == 202
 

@@ -40,8 +40,9 @@ def validate_cmd(paths):
 @click.argument("paths", nargs=-1, required=True)
 def import_cmd(paths):
     """Import flow files or folders (upsert by name; all or nothing)."""
+    warnings: list[str] = []
     try:
-        results = import_flows(load_files(list(paths)))
+        results = import_flows(load_files(list(paths)), warnings)
     except FlowError as exc:
         db.session.rollback()
         click.echo(str(exc), err=True)
@@ -49,6 +50,8 @@ def import_cmd(paths):
         sys.exit(1)
     for name, version, what in results:
         click.echo(f"{what:9}  {name}  v{version}")
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @flows_cli.command("export")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import base64
 import hmac
-import os
 import uuid
 
 import rq_dashboard
 from flask import Blueprint, Flask, Response, current_app, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from rq_dashboard.web import setup_rq_connection
 
 from crm.base.keys import QUEUE_NAMES
+from crm.base.metrics_store import scrape_registry
 
 bp = Blueprint("monitoring", __name__)
 
@@ -36,11 +36,7 @@ class QueueDepth:
 
 @bp.get("/metrics")
 def metrics():
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
+    registry = scrape_registry(current_app._get_current_object())  # every process, through Redis
     queues = CollectorRegistry()
     queues.register(QueueDepth(current_app._get_current_object()))
     return Response(generate_latest(registry) + generate_latest(queues), mimetype=CONTENT_TYPE_LATEST)

@@ -19,7 +19,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from crm.base import metrics
 from crm.base.extensions import get_settings
 from crm.base.outages import OutageLog, dependency, is_bad_data, is_outage
-from crm.replies.intake import store_inbound, store_statuses
+from crm.replies.intake import store_inbound, store_statuses, store_template_updates
 from integrations.whatsapp.inbound import InboundMessage, parse_webhook
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,13 @@ def receive():
                 raise
             stored = store_one_by_one(parsed.messages, received_at)
         store_statuses(parsed.statuses)
+        try:
+            store_template_updates(parsed.templates)
+        except Exception as exc:
+            if not is_bad_data(exc):
+                raise
+            log.exception("template status update refused by the database; skipped",
+                          extra={"event": "webhook.template_refused"})
     except Exception as exc:  # the database or Redis is down: make Meta re-deliver
         if is_outage(exc):
             OUTAGES.down(dependency(exc), exc)
@@ -102,7 +109,7 @@ def receive():
     OUTAGES.up("database")
     OUTAGES.up("redis")
     metrics.webhook_processed(len(parsed.messages), sum(1 for s in stored if s.new),
-                              len(parsed.statuses))
+                              len(parsed.statuses), len(parsed.templates))
     return {"status": "ok"}, 200
 
 

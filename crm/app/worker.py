@@ -31,6 +31,7 @@ import football.jobs  # noqa: F401
 from crm.app import create_app
 from crm.base import keys
 from crm.base.extensions import db
+from crm.base.metrics_store import start_pusher
 from crm.base.outages import OUTAGE_ERRORS, OutageLog
 
 log = logging.getLogger("crm.app.worker")
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("football jobs (low) must not share a process with replies (high)")
     os.environ.setdefault("TZ", "UTC")
     app = create_app()
+    start_pusher(app)  # this process's metrics reach /metrics through Redis
     return run(app, args.queues, args.name, burst=args.burst)
 
 

@@ -54,6 +54,8 @@ class Settings:
     whatsapp_connect_timeout: float = 3.05
     whatsapp_read_timeout: float = 10.0
     whatsapp_max_attempts: int = 5
+    whatsapp_business_account_id: str = ""
+    templates_sync_cron: str = "7 * * * *"
     session_idle_minutes: float = 15.0
     session_cleanup_cron: str = "*/5 * * * *"
     session_expired_message: str = DEFAULT_EXPIRED_MESSAGE
@@ -80,6 +82,7 @@ class Settings:
     rq_dashboard_password: str = ""
     log_level: str = "INFO"
     rq_log_level: str = "WARNING"
+    metrics_push_seconds: float = 5.0
 
     @classmethod
     def default(cls, name: str):
@@ -148,6 +151,9 @@ class Settings:
         version = text("whatsapp_api_version")
         if not (version.startswith("v") and version[1:].replace(".", "").isdigit()):
             raise ConfigError(f"WHATSAPP_API_VERSION={version!r} must look like v23.0")
+        waba_id = get("whatsapp_business_account_id")
+        if waba_id and not waba_id.isdigit():
+            raise ConfigError(f"WHATSAPP_BUSINESS_ACCOUNT_ID={waba_id!r} must be the account's numeric id")
 
         return cls(
             database_url=database_url,
@@ -161,6 +167,8 @@ class Settings:
             whatsapp_connect_timeout=number("whatsapp_connect_timeout", minimum=0.1),
             whatsapp_read_timeout=number("whatsapp_read_timeout", minimum=0.1),
             whatsapp_max_attempts=number("whatsapp_max_attempts", kind=int, minimum=1),
+            whatsapp_business_account_id=waba_id,
+            templates_sync_cron=cron("templates_sync_cron"),
             session_idle_minutes=number("session_idle_minutes", above=0),
             session_cleanup_cron=cron("session_cleanup_cron"),
             session_expired_message=raw("session_expired_message"),
@@ -187,6 +195,7 @@ class Settings:
             rq_dashboard_password=get("rq_dashboard_password"),
             log_level=log_level("log_level"),
             rq_log_level=log_level("rq_log_level"),
+            metrics_push_seconds=number("metrics_push_seconds", minimum=0),
         )
 
     def __repr__(self) -> str:  # never print secrets

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# Meta's template statuses and status-webhook events, stored in message_templates.status; defined
+# with the Graph client that parses them.
+from integrations.whatsapp.templates import TemplateEvent, TemplateStatus  # noqa: F401
+
 
 class _Lenient(StrEnum):
     @classmethod

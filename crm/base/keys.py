@@ -50,6 +50,17 @@ def sync_lock(kind: str) -> str:
     return f"{PREFIX}football:sync-lock:{kind}"
 
 
+TEMPLATES_SYNC_LOCK = f"{PREFIX}templates:sync-lock"  # one template sync at a time (CLI, schedule, webhook)
+TEMPLATES_SYNC_QUEUED = f"{PREFIX}templates:sync-queued"  # a sync is waiting on low: do not queue another
+TEMPLATES_SYNC_TTL = 300  # both of the above, seconds (longer than the sync job's timeout)
+
+# Metrics of every process, summed by /metrics (crm.base.metrics_store)
+METRICS_INSTANCES = f"{PREFIX}metrics:instances"  # sorted set: instance id -> time of its last push
+METRICS_INSTANCE = f"{PREFIX}metrics:instance:"  # + instance id: hash, sample -> that instance's count
+METRICS_RETIRED = f"{PREFIX}metrics:retired"  # hash, sample -> final counts of instances that ended
+METRICS_META = f"{PREFIX}metrics:meta"  # hash, family -> [type, help]
+METRICS_INSTANCE_TTL = 7 * 24 * 3600  # an instance hash nobody pushed or retired for a week
+
 FLOWS_GENERATION = f"{PREFIX}flows:generation"  # bumped on every flow import: processes reload their library
 APIFOOTBALL_RATE = f"{PREFIX}apifootball:rate"  # the shared slot of the APIFootball rate limit
 

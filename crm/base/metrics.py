@@ -24,13 +24,15 @@ TURNS_FAILED = Counter("crm_turns_failed_total", "Inbound messages whose turn fa
 SESSIONS_EXPIRED = Counter("crm_sessions_expired_total", "Flow sessions expired for inactivity")
 
 
-def webhook_processed(messages: int, new: int, statuses: int) -> None:
+def webhook_processed(messages: int, new: int, statuses: int, templates: int = 0) -> None:
     if new:
         WEBHOOK_EVENTS.labels("message", "stored").inc(new)
     if messages - new:
         WEBHOOK_EVENTS.labels("message", "duplicate").inc(messages - new)
     if statuses:
         WEBHOOK_EVENTS.labels("status", "stored").inc(statuses)
+    if templates:
+        WEBHOOK_EVENTS.labels("template", "stored").inc(templates)
 FOOTBALL_SYNC_SECONDS = Histogram(
     "crm_football_sync_seconds", "Football sync stage durations", ["stage"],
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),

@@ -19,8 +19,10 @@ from crm.base import keys
 from crm.base.enums import PENDING, STATUS_RANK, Direction, MessageStatus
 from crm.base.extensions import db, dialect_insert, get_redis
 from crm.base.models import Contact, Message, utcnow
+from crm.base.templates import apply_status_update, enqueue_sync
 from crm.replies.wake import wake
 from integrations.whatsapp.inbound import InboundMessage, StatusUpdate
+from integrations.whatsapp.templates import TemplateStatusUpdate
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +171,19 @@ def store_statuses(statuses: list[StatusUpdate]) -> int:
         db.session.rollback()
         raise
     return matched
+
+
+def store_template_updates(updates: list[TemplateStatusUpdate]) -> int:
+    """Apply template status webhooks (approved, paused, ...); a template we have not synced yet,
+    or an event that implies no status, asks the ``low`` worker for a sync. Returns how many."""
+    if not updates:
+        return 0
+    try:
+        follow_up = [apply_status_update(u) for u in updates]
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    if any(follow_up):
+        enqueue_sync()
+    return len(updates)

@@ -1,4 +1,5 @@
-"""Parse Meta's webhook envelope into typed inbound messages and status updates.
+"""Parse Meta's webhook envelope into typed inbound messages, status updates and template status
+updates (field ``message_template_status_update``, see ``integrations.whatsapp.templates``).
 
 Parsing never raises on odd shapes: unknown objects, fields and message types
 become warnings (and ``unknown`` messages), so that the webhook never answers
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from integrations.whatsapp.templates import TemplateStatusUpdate, parse_status_update
 
 MEDIA = ("image", "audio", "video", "document", "sticker")
 STATUS_VALUES = ("sent", "delivered", "read", "failed", "deleted")
@@ -46,6 +49,7 @@ class StatusUpdate:
 class ParsedWebhook:
     messages: list[InboundMessage] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
+    templates: list[TemplateStatusUpdate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -130,6 +134,15 @@ def parse_webhook(body: Any) -> ParsedWebhook:
         for c_index, change in enumerate(_items(entry, "changes", f"entry[{e_index}].", out)):
             change = _dict(change)
             where = f"entry[{e_index}].changes[{c_index}]"
+            if change.get("field") == "message_template_status_update":
+                update = parse_status_update(_dict(entry).get("id"), change.get("value"), _dict(entry).get("time"))
+                if update is None:
+                    out.warnings.append(f"{where}: template status update without a template name or language")
+                else:
+                    if update.event == "UNKNOWN":
+                        out.warnings.append(f"{where}: unknown template event {update.raw_event!r}")
+                    out.templates.append(update)
+                continue
             if change.get("field") != "messages":
                 out.warnings.append(f"{where}: unhandled field {change.get('field')!r}")
                 continue

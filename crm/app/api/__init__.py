@@ -114,7 +114,7 @@ def stamp(value: datetime | None) -> str | None:
     return value.isoformat() + "Z" if value else None
 
 
-from crm.app.api import contacts, failed, flows, openapi, stats  # noqa: E402,F401 - routes register on bp
+from crm.app.api import contacts, failed, flows, openapi, stats, templates  # noqa: E402,F401 - routes register on bp
 
 
 def init_app(app) -> None:

@@ -13,6 +13,7 @@ from crm.base.enums import OPEN_STATUSES, EndReason, Origin, SessionStatus
 from crm.base.extensions import contains_pattern, db, get_redis, get_settings
 from crm.base.locks import ContactLock
 from crm.base.models import Contact, Message, utcnow
+from crm.base.templates import TemplateRefused, require_approved
 from crm.replies.contact import has_work
 from crm.replies.delivery import queue_outbound
 from crm.replies.sessions import end_session, open_session
@@ -153,9 +154,7 @@ def build_message(data: dict) -> dict:
                 raise ApiError(422, "'text' is required for a text message")
             return wa.text(data["text"], bool(data.get("preview_url")))
         if kind == "template":
-            if not isinstance(data.get("name"), str) or not data["name"]:
-                raise ApiError(422, "'name' is required for a template message")
-            return wa.template(data["name"], data.get("language") or "en_US", data.get("components"))
+            return _template(data)
         if kind in {"image", "audio", "video", "document", "sticker"}:
             return wa.media(kind, id=data.get("media_id"), link=data.get("link"), caption=data.get("caption"),
                             filename=data.get("filename"))
@@ -172,6 +171,20 @@ def build_message(data: dict) -> dict:
         raise ApiError(422, f"malformed {kind} message: {exc}") from None
     raise ApiError(422, "'type' must be one of text, template, image, audio, video, document, sticker, "
                         "buttons, list")
+
+
+def _template(data: dict) -> dict:
+    """Only an approved template, with the parameters it expects (crm.base.templates)."""
+    if not isinstance(data.get("name"), str) or not data["name"]:
+        raise ApiError(422, "'name' is required for a template message")
+    language, components = data.get("language") or None, data.get("components")
+    if language is not None and not isinstance(language, str):
+        raise ApiError(422, "'language' must be a language code such as en_US")
+    try:
+        template = require_approved(data["name"], language, components)
+    except TemplateRefused as exc:
+        raise ApiError(422, str(exc)) from None
+    return wa.template(template.name, template.language, components)
 
 
 @bp.post("/contacts/<int:contact_id>/messages")

@@ -55,13 +55,15 @@ def upload_flow():
     except UnicodeDecodeError:
         raise ApiError(400, "the flow document must be UTF-8") from None
     filename = request.args.get("filename") or "upload"
+    warnings: list[str] = []
     try:
         loaded = parse_flow(text, filename)
-        (name, version, outcome), = import_flows([loaded])
+        (name, version, outcome), = import_flows([loaded], warnings)
     except FlowError as exc:
         db.session.rollback()
         raise ApiError(422, f"the flow is invalid ({len(exc.problems)} problem(s))", exc.problems) from None
-    return jsonify(name=name, version=version, outcome=outcome), 201 if outcome == "created" else 200
+    body = {"name": name, "version": version, "outcome": outcome, **({"warnings": warnings} if warnings else {})}
+    return jsonify(body), 201 if outcome == "created" else 200
 
 
 def _set_active(name: str, active: bool):

@@ -75,7 +75,8 @@ def document() -> dict:
             "/api/contacts/{contact_id}/messages": {
                 "get": op("The conversation, newest first, with status history and errors", "conversation",
                           [CONTACT_ID, *PAGE], errors=("400", "401", "404")),
-                "post": op("Send through the ordered delivery path; free text outside 24 h is 409", "conversation",
+                "post": op("Send through the ordered delivery path; free text outside 24 h is 409; a template "
+                           "must be approved and get the parameters it expects (422 otherwise)", "conversation",
                            [CONTACT_ID], SEND, ok="202", errors=("400", "401", "404", "409", "422"))},
             "/api/contacts/{contact_id}/session": {
                 "get": op("The open flow session (flow, step, variables, idle time)", "sessions", [CONTACT_ID],
@@ -102,6 +103,12 @@ def document() -> dict:
                                                       errors=("401", "404", "409"))},
             "/api/flows/{name}/deactivate": {"post": op("Deactivate", "flows", [FLOW_NAME],
                                                         errors=("401", "404", "409"))},
+            "/api/templates": {"get": op(
+                "Message templates as last synced (status, language, category, parameter counts, components); "
+                "template sends must name an approved one", "templates",
+                [{"name": "status", "in": "query", "schema": STRING, "description": "e.g. APPROVED"},
+                 {"name": "q", "in": "query", "schema": STRING, "description": "name contains"}],
+                errors=("400", "401"))},
             "/api/stats": {"get": op("Counts per day, reply latency percentiles, sessions, failed sends", "stats",
                                      [{"name": "days", "in": "query",
                                        "schema": {"type": "integer", "minimum": 1, "maximum": 90}}],
