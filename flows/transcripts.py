@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flows import document as d
 from flows import engine
+from flows.store import load_files
+from flows.text import normalize
 from integrations.whatsapp.inbound import describe
 
 TRANSCRIPT_SUFFIXES = d.TRANSCRIPT_SUFFIXES
@@ -542,9 +544,9 @@ def _find(choice: str, titles: list[str], ids: list[str]) -> int | None:
     for candidates in (titles, ids):
         if choice in candidates:
             return candidates.index(choice)
-    wanted = engine.normalize(choice)
+    wanted = normalize(choice)
     for i, title in enumerate(titles):
-        if wanted and engine.normalize(title) == wanted:
+        if wanted and normalize(title) == wanted:
             return i
     if choice.strip().isdigit() and 1 <= int(choice) <= len(titles):
         return int(choice) - 1
@@ -575,6 +577,8 @@ def _lookup(data: Any, dotted: str) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, str):
+        return str(value)  # a StrEnum (the session status) as its text
     if isinstance(value, (date, datetime)):
         return value.isoformat()
     if isinstance(value, Mapping):
@@ -832,8 +836,6 @@ def _indent(lines: list[str]) -> list[str]:
 
 def load_library(paths: list[str]) -> engine.Library:
     """The flows a transcript runs against (flow files only; transcripts are skipped)."""
-    from flows.store import load_files
-
     loaded = load_files(paths)
     problems = d.check_library([x.doc for x in loaded])
     if problems:
