@@ -10,9 +10,9 @@ is sent. The format is described in docs/flow-tests.md.
     summary = run_transcripts(["flows/examples"], actions, engine_settings, expired_message,
                               fixture, click.echo)
 
-The same ``Conversation`` drives ``flask flows chat``. Pure apart from the
-optional database fixture, which seeds rows for actions that read a database
-and rolls them back after every test.
+The same ``Conversation`` drives ``flask flows chat``. The runner reads files
+and nothing else; actions that need a database get the optional fixture, which
+seeds rows for them and rolls them back after every test.
 """
 
 from __future__ import annotations
@@ -684,7 +684,7 @@ class DatabaseFixture:
                     for row in data.get(table.name, []):
                         self.session.execute(table.insert().values(**row_values(table, row, now)))
                 self.session.flush()
-            except Exception as exc:  # noqa: BLE001 - reported as the test's failure
+            except Exception as exc:  # reported as the test's failure
                 raise SetupError(f"could not seed the test's data: {_first_line(exc)}") from exc
             yield {**contact, "id": contact_id}
         finally:
@@ -778,7 +778,7 @@ def _run_step(loaded: Transcript, i: int, j: int, step: CaseStep, conv: Conversa
             conv.expire()
     except LookupError as exc:
         raise _Failed([f"{where}: {exc}", *_indent(history[-CONTEXT_LINES:])]) from None
-    except Exception as exc:  # noqa: BLE001 - a crash in the engine or an action fails this test only
+    except Exception as exc:  # a crash in the engine or an action fails this test only
         raise _Failed([f"{where}: the turn raised {type(exc).__name__}: {_first_line(exc)}"]) from None
     actual = [parts(m) for m in conv.sent[before:]]
     said = [_input_line(step)] if step.input else []
