@@ -493,17 +493,26 @@ class Conversation:
                                                       self.actions))
 
     def expire(self) -> list[dict]:
-        """The session idles out: an active one ends and the user gets the expiry notice."""
+        """The contact goes quiet until the idle cleanup ends the session: an active one after
+        SESSION_IDLE_MINUTES, with the expiry notice (none for an opted-out contact); a handover
+        after HANDOVER_IDLE_HOURS, silently."""
         self.path.clear()
         self.errors = []
-        if self.session.status != "active":
+        s = self.session
+        if s.status == "handover":
+            self.session = engine.Session(s.flow, s.step, "ended", s.vars)
+            self.end_reason = "handover_idle"
             return []
-        flow = self.library.flows.get(self.session.flow)
+        if s.status != "active":
+            return []
+        flow = self.library.flows.get(s.flow or "")
         own = flow.expired_message if flow is not None else d.DEFAULT_EXPIRED
         text = self.expired_message if own is d.DEFAULT_EXPIRED else own
-        self.session = engine.Session(self.session.flow, self.session.step, "ended", self.session.vars)
+        self.session = engine.Session(s.flow, s.step, "ended", s.vars)
         self.end_reason = "idle"
-        messages = [{"type": "text", "text": {"body": text, "preview_url": False}}] if text else []
+        if not text or self.contact.get("opted_out"):
+            return []
+        messages = [{"type": "text", "text": {"body": text, "preview_url": False}}]
         self.sent += messages
         return messages
 

@@ -214,6 +214,17 @@ def test_an_ended_session_is_gone_on_the_next_message():
     assert conv.end_reason is None
 
 
+def test_expiry_notice_follows_the_flow_and_consent():
+    conv = t.Conversation(library(), {"name": "Ana"}, expired_message="global text")
+    conv.start("welcome")
+    assert [m["text"]["body"] for m in conv.expire()] == ["global text"]
+    conv.start("signup")
+    assert [m["text"]["body"] for m in conv.expire()] == ["Your sign-up was not finished. Send 'signup' to try again."]
+    quiet = t.Conversation(library(), {"name": "Ana", "opted_out": True}, expired_message="global text")
+    quiet.start("signup")  # an operator started it; the contact had opted out
+    assert quiet.expire() == [] and quiet.end_reason == "idle" and quiet.session.status == "ended"
+
+
 def test_data_needs_a_database_without_one(tmp_path, capsys):
     shutil.copytree(EXAMPLES, tmp_path / "ex")
     summary = t.run_transcripts([str(tmp_path / "ex")], {}, engine.EngineSettings(), DEFAULT_EXPIRED_MESSAGE)
