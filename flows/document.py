@@ -421,8 +421,9 @@ class FlowError(ValueError):
         super().__init__("\n".join(problems))
 
 
-def _compose_lines(text: str) -> tuple[Any, dict[tuple, int]]:
-    """Load YAML (or JSON, a subset of it) keeping the line of every value."""
+def _compose_lines(text: str, scalars: dict[tuple, str] | None = None) -> tuple[Any, dict[tuple, int]]:
+    """Load YAML (or JSON, a subset of it) keeping the line of every value (and, into ``scalars``,
+    the source text of every unquoted scalar: YAML reads `Yes` as true and `007` as 7)."""
     lines: dict[tuple, int] = {}
     loader = yaml.SafeLoader("")
 
@@ -438,6 +439,8 @@ def _compose_lines(text: str) -> tuple[Any, dict[tuple, int]]:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [build(child, path + (i,)) for i, child in enumerate(node.value)]
+        if scalars is not None and isinstance(node, yaml.ScalarNode) and node.style is None:
+            scalars[path] = node.value
         return loader.construct_object(node, deep=True)
 
     node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -519,12 +522,17 @@ def parse_flow(text: str, filename: str = "<flow>") -> LoadedFlow:
     return LoadedFlow(doc=doc, source=text, source_format=fmt, path=filename)
 
 
+TRANSCRIPT_SUFFIXES = (".test.yaml", ".test.yml", ".test.json")  # conversation tests (flows.transcripts)
+
+
 def flow_files(paths: list[str]) -> list[Path]:
+    """Flow files: the files named, and in folders every .yaml/.yml/.json file but transcripts."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
+            files += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml", ".json")
+                            and not p.name.endswith(TRANSCRIPT_SUFFIXES))
         else:
             files.append(path)
     return files

@@ -149,10 +149,15 @@ def spawn_workers(app, n: int, burst: bool = True, queues=("high", "default")) -
 
 
 def import_examples(app, *extra_docs: str):
+    """Import flows/examples and ``extra_docs``; an extra catch-all flow replaces the examples' own
+    (a library has at most one)."""
     with app.app_context():
+        extra = [parse_flow(text, f"<test {i}>") for i, text in enumerate(extra_docs)]
         loaded = load_files([str(ROOT / "flows" / "examples")])
-        loaded += [parse_flow(text, f"<test {i}>") for i, text in enumerate(extra_docs)]
-        import_flows(loaded)
+        if any(x.doc.triggers.catch_all for x in extra):
+            loaded = [parse_flow(x.source.replace("\n  catch_all: true\n", "\n"), x.path)
+                      if x.doc.triggers.catch_all else x for x in loaded]
+        import_flows(loaded + extra)
 
 
 def say(app, wa_id: str, text: str | None = None, reply_id: str | None = None, name: str = "Ana") -> None:

@@ -52,7 +52,7 @@ def test_examples_import_export_reimport_unchanged(app):
     first = runner.invoke(args=["flows", "import", str(EXAMPLES)])
     assert first.exit_code == 0, first.output
     assert first.output.count("created") == 4
-    for path in sorted(EXAMPLES.glob("*.yaml")):
+    for path in sorted(p for p in EXAMPLES.glob("*.yaml") if not p.name.endswith(".test.yaml")):
         name = path.stem
         exported = runner.invoke(args=["flows", "export", name])
         assert exported.exit_code == 0
