@@ -13,7 +13,6 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import insert, select
 
-from crm.app import factory  # create_app at call time (factory imports this module)
 from crm.base.enums import OPEN_STATUSES
 from crm.base.extensions import db
 from crm.base.models import Contact, utcnow
@@ -120,7 +119,8 @@ def _add_contact(session, contact: dict) -> int:
 def _throwaway_app():
     """An app like this one on an empty in-memory SQLite database: transcripts seed what they need
     and never see (or change) real contacts, flows or football data."""
-    app = factory.create_app(replace(current_app.config["SETTINGS"], database_url="sqlite://"))
+    # the factory that built this app (no import of crm.app.factory here: it imports this module)
+    app = current_app.extensions["crm.create_app"](replace(current_app.config["SETTINGS"], database_url="sqlite://"))
     with app.app_context():
         db.create_all()
         try:

@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         *settings.operator_api_tokens,
     )
     extensions.init_app(app)
+    app.extensions["crm.create_app"] = create_app  # for commands that build a throwaway app (flows test)
     replies.init_app(app)
     football.init_app(app)
     health.init_app(app)
