@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
@@ -494,8 +495,9 @@ def _yaml_problem(exc: yaml.YAMLError, filename: str) -> str:
     a parser error's problem mark is the unexpected token and its context mark the collection
     around it. Both places are named.
     """
-    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    problem, problem_mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    context: str = getattr(exc, "context", None) or ""
+    problem: str = getattr(exc, "problem", None) or str(exc)
+    context_mark, problem_mark = getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)
     if problem_mark is None:
         return f"{filename}:1: not valid YAML: {exc}"
     if context_mark is not None and isinstance(exc, yaml.scanner.ScannerError):
@@ -517,7 +519,7 @@ def _tags(union) -> list[str]:
     return [tag for model in members for tag in get_args(model.model_fields["type"].annotation)]
 
 
-def _pydantic_problem(err: dict) -> tuple[tuple, str]:
+def _pydantic_problem(err: Mapping[str, Any]) -> tuple[tuple, str]:
     """(location, message) for one pydantic error, in the words of docs/flows.md."""
     loc, msg = tuple(err["loc"]), err["msg"].removeprefix("Value error, ")
     kind = "step" if "messages" not in loc[-2:] else "message"

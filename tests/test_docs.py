@@ -8,7 +8,7 @@ import typing
 import pytest
 
 from flows import document as d
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 DOC = (ROOT / "docs" / "flows.md").read_text()
 

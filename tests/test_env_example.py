@@ -18,8 +18,8 @@ import pytest
 from dotenv import dotenv_values
 from honcho.environ import parse as honcho_parse
 
-from crm.config import Settings
-from tests.conftest import ROOT
+from crm.base.config import Settings
+from tests.helpers import ROOT
 
 EXAMPLE = ROOT / ".env.example"
 ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=", re.MULTILINE)
