@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 
 os.environ["TZ"] = "UTC"
 time.tzset()
@@ -36,8 +37,25 @@ REASSERT_SECONDS = 180
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def quiet_crontab_warning() -> None:
+    """Drop crontab's FutureWarning about its ``default_utc`` change, and only that warning.
+
+    rq-scheduler 0.14 (rq_scheduler.utils.get_next_scheduled_time) calls crontab's
+    ``CronTab.next()`` without ``default_utc``; crontab then prints a 9-line FutureWarning the
+    first time each process computes a cron time. The call is not ours to change and nobody
+    running this can act on it; the result is right either way because this process runs
+    in UTC (TZ=UTC above), where the old and the new default agree.
+    """
+    warnings.filterwarnings("ignore", message=r"Version 0\.22\.0\+ of crontab", category=FutureWarning,
+                            module=r"rq_scheduler\.utils")
+
+
+quiet_crontab_warning()
+
+
 def register(scheduler: Scheduler, app) -> list[str]:
     """Make rq-scheduler hold exactly the app's schedules (idempotent)."""
+    quiet_crontab_warning()  # again: a caller (pytest) may have reset the warning filters
     wanted = schedules_of(app)
     ids = {spec.job_id for spec in wanted}
     for job in scheduler.get_jobs():

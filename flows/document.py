@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -484,6 +485,60 @@ def _describe(data: Any, path: tuple) -> str:
     return f"{step}field {dotted!r}" if dotted else (step.strip() or "document")
 
 
+# --- error wording (what a flow author reads) ---------------------------------
+
+_YAML_CONTEXT = {"while scanning a quoted scalar": "the quoted text that starts here is not closed"}
+
+
+def _yaml_problem(exc: yaml.YAMLError, filename: str) -> str:
+    """'file:line: ...' at the line and column where the problem starts.
+
+    A scanner error's context mark is the start of the token it could not finish (an unclosed
+    quote: where it opened) and its problem mark is where it gave up, often the end of the file;
+    a parser error's problem mark is the unexpected token and its context mark the collection
+    around it. Both places are named.
+    """
+    context: str = getattr(exc, "context", None) or ""
+    problem: str = getattr(exc, "problem", None) or str(exc)
+    context_mark, problem_mark = getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)
+    if problem_mark is None:
+        return f"{filename}:1: not valid YAML: {exc}"
+    if context_mark is not None and isinstance(exc, yaml.scanner.ScannerError):
+        start, other = context_mark, problem_mark
+        text, other_text = _YAML_CONTEXT.get(context, context), problem
+    else:
+        start, other = problem_mark, context_mark
+        text, other_text = problem, context
+    if context_mark is None and context:
+        text = f"{context}: {text}"
+    if other is not None and (other.line, other.column) != (start.line, start.column):
+        text += f" ({other_text} at line {other.line + 1}, column {other.column + 1})"
+    return f"{filename}:{start.line + 1}: not valid YAML at column {start.column + 1}: {text}"
+
+
+def _tags(union) -> list[str]:
+    """The ``type`` values a discriminated union of models accepts, in declaration order."""
+    members = get_args(get_args(union)[0])
+    return [tag for model in members for tag in get_args(model.model_fields["type"].annotation)]
+
+
+def _pydantic_problem(err: Mapping[str, Any]) -> tuple[tuple, str]:
+    """(location, message) for one pydantic error, in the words of docs/flows.md."""
+    loc, msg = tuple(err["loc"]), err["msg"].removeprefix("Value error, ")
+    kind = "step" if "messages" not in loc[-2:] else "message"
+    union = Step if kind == "step" else MessageSpec
+    if err["type"] == "union_tag_not_found":
+        extra = ", or a plain string for a text message" if kind == "message" else ""
+        msg = f"{kind} needs a `type` (one of: {', '.join(_tags(union))}{extra})"
+    elif err["type"] == "union_tag_invalid":
+        tag = (err.get("ctx") or {}).get("tag")
+        msg = f"unknown {kind} type {tag!r} (one of: {', '.join(_tags(union))})"
+        loc += ("type",)
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return loc, msg
+
+
 def parse_flow(text: str, filename: str = "<flow>") -> LoadedFlow:
     """Parse and validate one flow document. Raises FlowError with every problem found."""
     fmt = "json" if filename.endswith(".json") or text.lstrip().startswith("{") else "yaml"
@@ -492,11 +547,9 @@ def parse_flow(text: str, filename: str = "<flow>") -> LoadedFlow:
             json.loads(text)
         data, lines = _compose_lines(text)
     except json.JSONDecodeError as exc:
-        raise FlowError([f"{filename}:{exc.lineno}: not valid JSON: {exc.msg}"]) from None
+        raise FlowError([f"{filename}:{exc.lineno}: not valid JSON at column {exc.colno}: {exc.msg}"]) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        raise FlowError([f"{filename}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        raise FlowError([_yaml_problem(exc, filename)]) from None
     if not isinstance(data, dict):
         raise FlowError([f"{filename}:1: a flow document is a mapping with name, triggers, settings and steps"])
     try:
@@ -504,10 +557,8 @@ def parse_flow(text: str, filename: str = "<flow>") -> LoadedFlow:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            path, line = _where(data, tuple(err["loc"]), lines)
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field"
+            loc, msg = _pydantic_problem(err)
+            path, line = _where(data, loc, lines)
             where = path
             if err["type"] == "extra_forbidden":  # the unknown key itself is not in the model
                 where = _where(data, tuple(err["loc"])[:-1], lines)[0] + (err["loc"][-1],)

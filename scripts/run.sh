@@ -21,10 +21,15 @@ fi
 
 flask --app wsgi db upgrade
 flask --app wsgi flows import flows/examples
-if [ -z "${WHATSAPP_APP_SECRET:-}" ]; then
-  echo "note: WHATSAPP_APP_SECRET is not set: webhook POSTs will be refused with 503 (see .env.example)"
+unset_vars=""
+for name in WHATSAPP_APP_SECRET WHATSAPP_VERIFY_TOKEN WHATSAPP_ACCESS_TOKEN WHATSAPP_PHONE_NUMBER_ID OPERATOR_API_TOKENS; do
+  [ -n "${!name:-}" ] || unset_vars="$unset_vars $name"
+done
+if [ -n "$unset_vars" ]; then
+  echo "note: not set in .env:$unset_vars (WhatsApp and the operator API need them; see docs/going-live.md)"
 fi
 echo "web on http://127.0.0.1:$PORT  (webhook: /webhooks/whatsapp, health: /healthz)"
+echo "CLI: .venv/bin/flask --app wsgi --help  (reads .env)"
 # /metrics adds up the samples of every process through this directory; stale files are dropped.
 export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/instance/prometheus}"
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"

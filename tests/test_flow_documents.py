@@ -28,10 +28,22 @@ EXAMPLES = ROOT / "flows" / "examples"
     ("name: x\nsteps:\n  - id: a\n    type: send\n    messages:\n      - type: buttons\n        text: t\n"
      "        buttons: [{id: '1', title: a}, {id: '2', title: b}, {id: '3', title: c}, {id: '4', title: d}]\n",
      "<f>:6: step 'a' field 'messages[0]': reply buttons: 4 given; 1 to 3 allowed"),
-    ("name: x\nsteps:\n  - {id: a, type: sendd}\n", "<f>:3: step 'a': Input tag 'sendd'"),
+    ("name: x\nsteps:\n  - {id: a, type: sendd}\n",
+     "<f>:3: step 'a' field 'type': unknown step type 'sendd' (one of: send, question, set, route, action, flow, "
+     "handover, end)"),
+    ("name: x\nsteps:\n  - id: a\n    text: hi\n",
+     "<f>:3: step 'a': step needs a `type` (one of: send, question, set, route, action, flow, handover, end)"),
+    ("name: x\nsteps:\n  - id: a\n    type: send\n    messages:\n      - {link: x}\n",
+     "<f>:6: step 'a' field 'messages[0]': message needs a `type` (one of: text, buttons, list, image, audio, "
+     "video, document, sticker, template, location, contacts, or a plain string for a text message)"),
     ("name: x\nsteps:\n  - {id: a, type: end, txt: hi}\n", "<f>:3: step 'a' field 'txt': unknown field"),
     ("name: Bad Name\nsteps:\n  - {id: a, type: end}\n", "<f>:1: field 'name': String should match pattern"),
     ("name: x\nsteps: [\n", "<f>:3: not valid YAML"),
+    # an unclosed quote is reported where it opens, not at the end of the file
+    ('name: x\nsteps:\n  - id: a\n    type: end\n    text: "Hello\n  - id: b\n    type: end\n',
+     "<f>:5: not valid YAML at column 11: the quoted text that starts here is not closed (found unexpected end "
+     "of stream at line 8, column 1)"),
+    ("name: x\nsteps:\n  - id: a\n   type: end\n", "<f>:4: not valid YAML at column 4: expected <block end>"),
 ])
 def test_invalid_documents_name_line_step_and_field(text, expected):
     with pytest.raises(FlowError) as err:
@@ -45,6 +57,9 @@ def test_json_documents_and_errors():
     with pytest.raises(FlowError) as err:
         parse_flow('{"name": "j",\n "steps": [{"id": "a", "type": "end", "text": 5}]}', "f.json")
     assert err.value.problems[0].startswith("f.json:2: step 'a' field 'text'")
+    with pytest.raises(FlowError) as err:
+        parse_flow('{"name": "j",\n "steps": [}', "f.json")
+    assert err.value.problems == ["f.json:2: not valid JSON at column 12: Expecting value"]
 
 
 def test_examples_import_export_reimport_unchanged(app):

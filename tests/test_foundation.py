@@ -163,6 +163,7 @@ def test_scheduler_drops_removed_schedules(app):
     import scheduler as sched
 
     s = Scheduler(connection=app.extensions["redis"], interval=5)
+    sched.quiet_crontab_warning()  # s.cron calls rq-scheduler directly, before register() does this
     s.cron("* * * * *", func="crm.replies.contact.recover_stalled", id="crm-old-job", queue_name="default")
     sched.register(s, app)
     assert "crm-old-job" not in {j.id for j in s.get_jobs()}

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from rq_dashboard.web import setup_rq_connection
 
+from crm.base.extensions import redis_url_with_options
 from crm.base.keys import QUEUE_NAMES
 from crm.base.metrics_store import scrape_registry
 
@@ -76,7 +77,7 @@ def echo_request_id(response):
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-    app.config["RQ_DASHBOARD_REDIS_URL"] = app.config["SETTINGS"].redis_url
+    app.config["RQ_DASHBOARD_REDIS_URL"] = redis_url_with_options(app.config["SETTINGS"])
     setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
     app.before_request(protect_dashboard)  # app level: the dashboard's blueprint is shared between apps

@@ -38,13 +38,19 @@ def valid_signature(secret: str, body: bytes, header: str | None) -> bool:
 
 @bp.get("/webhooks/whatsapp")
 def verify():
+    """Meta's subscription handshake: echo hub.challenge when hub.verify_token is ours."""
     settings = get_settings()
-    token = request.args.get("hub.verify_token", "")
-    if (request.args.get("hub.mode") == "subscribe" and settings.whatsapp_verify_token
-            and hmac.compare_digest(token.encode(), settings.whatsapp_verify_token.encode())):
+    if not settings.whatsapp_verify_token:
+        reason = "WHATSAPP_VERIFY_TOKEN is not set"
+    elif request.args.get("hub.mode") != "subscribe":
+        reason = "hub.mode is not 'subscribe'"
+    elif not hmac.compare_digest(request.args.get("hub.verify_token", "").encode(),
+                                 settings.whatsapp_verify_token.encode()):
+        reason = "hub.verify_token does not match WHATSAPP_VERIFY_TOKEN"
+    else:
         return request.args.get("hub.challenge", ""), 200, {"Content-Type": "text/plain"}
-    log.warning("webhook verification refused", extra={"event": "webhook.verify_refused"})
-    return "forbidden", 403, {"Content-Type": "text/plain"}
+    log.warning("webhook verification refused: %s", reason, extra={"event": "webhook.verify_refused"})
+    return f"webhook verification refused: {reason}\n", 403, {"Content-Type": "text/plain"}
 
 
 OUTCOMES = {200: "ok", 400: "malformed", 401: "bad_signature", 413: "too_large", 503: "unavailable"}

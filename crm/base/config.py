@@ -45,6 +45,7 @@ def normalize_database_url(url: str) -> str:
 class Settings:
     database_url: str
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_tls_verify: bool = True  # False: accept a self-signed certificate on rediss:// (Heroku)
     whatsapp_api_url: str = "https://graph.facebook.com"
     whatsapp_api_version: str = "v23.0"
     whatsapp_access_token: str = ""
@@ -134,6 +135,16 @@ class Settings:
                 raise ConfigError(f"{name.upper()}={value!r} is not a valid cron expression")
             return value
 
+        def flag(name: str) -> bool:
+            value = get(name).lower()
+            if value == "":
+                return default(name)
+            if value in {"1", "true", "yes", "on"}:
+                return True
+            if value in {"0", "false", "no", "off"}:
+                return False
+            raise ConfigError(f"{name.upper()}={value!r} must be 1 or 0")
+
         def log_level(name: str) -> str:
             value = text(name).upper()
             if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -158,6 +169,7 @@ class Settings:
         return cls(
             database_url=database_url,
             redis_url=url("redis_url", ("redis://", "rediss://", "unix://")),
+            redis_tls_verify=flag("redis_tls_verify"),
             whatsapp_api_url=url("whatsapp_api_url", ("http://", "https://")),
             whatsapp_api_version=version,
             whatsapp_access_token=get("whatsapp_access_token"),

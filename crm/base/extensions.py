@@ -40,6 +40,28 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.close()
 
 
+def redis_options(settings) -> dict:
+    """Keyword arguments for ``Redis.from_url(settings.redis_url, ...)``, used by every client.
+
+    ``rediss://`` is Redis over TLS, with the server's certificate verified. Heroku Key-Value
+    Store presents a self-signed certificate: with REDIS_TLS_VERIFY=0 it is accepted (the
+    connection is still encrypted). RQ's worker scheduler copies these from the connection.
+    """
+    options = {"socket_connect_timeout": 2, "socket_timeout": 5, "health_check_interval": 30}
+    if settings.redis_url.startswith("rediss://") and not settings.redis_tls_verify:
+        options["ssl_cert_reqs"] = None  # redis-py: no verification, and no hostname check
+    return options
+
+
+def redis_url_with_options(settings) -> str:
+    """``settings.redis_url`` carrying the TLS choice, for libraries that only take a URL
+    (rq-dashboard opens its own connections from it)."""
+    url = settings.redis_url
+    if url.startswith("rediss://") and not settings.redis_tls_verify and "ssl_cert_reqs=" not in url:
+        url += ("&" if "?" in url else "?") + "ssl_cert_reqs=none"
+    return url
+
+
 def init_app(app: Flask) -> None:
     settings = app.config["SETTINGS"]
     db.init_app(app)
@@ -47,9 +69,7 @@ def init_app(app: Flask) -> None:
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", _sqlite_pragmas)
-    redis = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
-    )
+    redis = Redis.from_url(settings.redis_url, **redis_options(settings))
     app.extensions["redis"] = redis
     app.extensions["queues"] = {
         name: Queue(name, connection=redis, default_timeout=keys.QUEUE_TIMEOUT[name]) for name in keys.QUEUE_NAMES

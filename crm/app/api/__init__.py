@@ -40,7 +40,11 @@ def authenticate():
     scheme, _, token = header.partition(" ")
     operator = operator_for(token.strip()) if scheme.lower() == "bearer" else None
     if operator is None:
-        response = error_response(401, "a valid 'Authorization: Bearer <token>' header is required")
+        if not current_app.config["SETTINGS"].operator_api_tokens:
+            message = "no operator tokens are configured (set OPERATOR_API_TOKENS)"
+        else:
+            message = "a valid 'Authorization: Bearer <token>' header is required"
+        response = error_response(401, message)
         response.headers["WWW-Authenticate"] = 'Bearer realm="operator api"'
         return response
     g.operator = operator
