@@ -81,6 +81,8 @@ class Settings:
     operator_api_tokens: tuple[str, ...] = ()
     rq_dashboard_username: str = "admin"
     rq_dashboard_password: str = ""
+    secret_key: str = ""  # signs the inbox's session cookies (crm.app.auth); empty: instance/secret_key
+    session_cookie_secure: bool = True
     log_level: str = "INFO"
     rq_log_level: str = "WARNING"
     metrics_push_seconds: float = 5.0
@@ -159,6 +161,10 @@ class Settings:
             ZoneInfo(display_tz)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"FOOTBALL_DISPLAY_TIMEZONE={display_tz!r} is not a known time zone") from None
+        secret_key = get("secret_key")
+        if secret_key and len(secret_key) < 32:
+            raise ConfigError("SECRET_KEY must have at least 32 characters (e.g. python3 -c "
+                              "'import secrets; print(secrets.token_hex(32))')")
         version = text("whatsapp_api_version")
         if not (version.startswith("v") and version[1:].replace(".", "").isdigit()):
             raise ConfigError(f"WHATSAPP_API_VERSION={version!r} must look like v23.0")
@@ -205,6 +211,8 @@ class Settings:
             operator_api_tokens=tuple(t.strip() for t in get("operator_api_tokens").split(",") if t.strip()),
             rq_dashboard_username=text("rq_dashboard_username"),
             rq_dashboard_password=get("rq_dashboard_password"),
+            secret_key=secret_key,
+            session_cookie_secure=flag("session_cookie_secure"),
             log_level=log_level("log_level"),
             rq_log_level=log_level("rq_log_level"),
             metrics_push_seconds=number("metrics_push_seconds", minimum=0),

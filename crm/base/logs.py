@@ -11,7 +11,7 @@ from flask import g, has_request_context
 from rq import get_current_job
 
 _SECRETS: set[str] = set()
-_CONTEXT_FIELDS = ("event", "contact_id", "job_id", "request_id", "flow", "step", "ms")
+_CONTEXT_FIELDS = ("event", "contact_id", "job_id", "request_id", "operator", "flow", "step", "ms")
 
 
 def register_secrets(*values: str) -> None:

@@ -26,6 +26,7 @@ from crm.base import metrics
 from crm.base.enums import OPEN_STATUSES, EndReason, Origin, SessionStatus
 from crm.base.extensions import db, get_settings
 from crm.base.models import Contact, Message, contact_context, utcnow, window_open
+from crm.base.operators import AuditEvent
 from crm.replies import sessions as ss
 from crm.replies.delivery import Outgoing, claim_new, outbound_values
 from flows import engine
@@ -45,6 +46,7 @@ _CONTACT_WRITE = (contacts.update().where(contacts.c.id == bindparam("b_id"))
 _PROCESSED = (messages.update().where(messages.c.id == bindparam("b_id"))
               .values(processed_at=bindparam("b_now"), flow_session_id=bindparam("b_session")))
 _OUTBOUND_NEW = messages.insert().returning(messages.c.id)
+_AUDIT_NEW = AuditEvent.__table__.insert()
 
 
 def load_contact(contact_id: int):
@@ -101,6 +103,9 @@ def _session_ended(scene: Scene, event: ev.SessionEnded) -> None:
 
 def _handover(scene: Scene, event: ev.HandoverRequested) -> None:
     contact_id = scene.contact.id
+    # a note in the inbox's thread and audit trail, and where the waiting time starts
+    db.session.execute(_AUDIT_NEW, {"at": utcnow(), "operator": "bot", "via": "flow", "action": "handover",
+                                    "contact_id": contact_id, "target": event.flow, "detail": {"step": event.step}})
     scene.after.append(lambda: (metrics.HANDOVERS.inc(), log.info(
         "contact %s waits for a person", contact_id,
         extra={"event": "handover.requested", "contact_id": contact_id, "flow": event.flow, "step": event.step})))

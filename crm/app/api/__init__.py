@@ -1,4 +1,5 @@
-"""The operator API under ``/api/`` (JSON, bearer tokens from ``OPERATOR_API_TOKENS``).
+"""The operator API under ``/api/`` (JSON, bearer tokens: ``OPERATOR_API_TOKENS`` or an operator's
+personal token).
 
 Errors are ``{"error": {"status": ..., "message": ...}}``; bad input is 400/404/409/422,
 never 500. ``/api/openapi.json`` describes every route (``crm.app.api.openapi``).
@@ -12,6 +13,8 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from crm.base.operators import Actor, current_actor, operator_for_token, personal_tokens_exist
+
 bp = Blueprint("api", __name__, url_prefix="/api")
 PUBLIC = {"api.openapi"}
 
@@ -23,7 +26,7 @@ class ApiError(Exception):
 
 
 def operator_for(token: str | None) -> str | None:
-    """The operator a token belongs to (its position, never the token), or None."""
+    """The operator a token from OPERATOR_API_TOKENS belongs to (its position, never the token), or None."""
     if not token:
         return None
     for i, known in enumerate(current_app.config["SETTINGS"].operator_api_tokens):
@@ -32,23 +35,40 @@ def operator_for(token: str | None) -> str | None:
     return None
 
 
+def actor_for(token: str) -> Actor | None:
+    """Who a bearer token speaks for: a shared token (full access, as before) or a personal one."""
+    name = operator_for(token)
+    if name is not None:
+        return Actor(name, None, "api", "admin")
+    found = operator_for_token(token) if token else None
+    if found is None:
+        return None
+    operator, _token = found
+    return Actor(operator.name, operator.id, "api", operator.role)
+
+
 @bp.before_request
 def authenticate():
     if request.endpoint in PUBLIC:
         return None
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    operator = operator_for(token.strip()) if scheme.lower() == "bearer" else None
-    if operator is None:
-        if not current_app.config["SETTINGS"].operator_api_tokens:
+    actor = actor_for(token.strip()) if scheme.lower() == "bearer" else None
+    if actor is None:
+        if not current_app.config["SETTINGS"].operator_api_tokens and not personal_tokens_exist():
             message = "no operator tokens are configured (set OPERATOR_API_TOKENS)"
         else:
             message = "a valid 'Authorization: Bearer <token>' header is required"
         response = error_response(401, message)
         response.headers["WWW-Authenticate"] = 'Bearer realm="operator api"'
         return response
-    g.operator = operator
+    g.actor, g.operator = actor, actor.name
     return None
+
+
+def require_admin() -> None:
+    if not current_actor().is_admin:
+        raise ApiError(403, "only an admin may do this")
 
 
 def error_response(status: int, message: str, details=None):

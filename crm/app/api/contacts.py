@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from flask import g, jsonify, request
+from flask import jsonify, request
 from sqlalchemy import exists, or_, select
 
 from crm.app.api import ApiError, arg_bool, arg_int, arg_time, body, bp, stamp
@@ -13,6 +13,7 @@ from crm.base.enums import OPEN_STATUSES, EndReason, Origin, SessionStatus
 from crm.base.extensions import contains_pattern, db, get_redis, get_settings
 from crm.base.locks import ContactLock
 from crm.base.models import Contact, Message, utcnow
+from crm.base.operators import audit, current_actor
 from crm.base.templates import TemplateRefused, require_approved
 from crm.replies.contact import has_work
 from crm.replies.delivery import queue_outbound
@@ -89,12 +90,22 @@ def get_contact_detail(contact_id: int):
 @bp.patch("/contacts/<int:contact_id>")
 def update_contact(contact_id: int):
     contact, data = get_contact(contact_id), body()
+    update_contact_fields(contact, data)
+    db.session.commit()
+    return jsonify(contact_dict(contact, open_session(contact.id), full=True))
+
+
+def update_contact_fields(contact: Contact, data: dict) -> None:
+    """Apply ``{"name"?, "fields"?}`` (a null field value removes the field) and audit it; the caller commits."""
     unknown = set(data) - {"name", "fields"}
     if unknown:
         raise ApiError(422, f"unknown field(s): {', '.join(sorted(unknown))}; allowed: name, fields")
+    changes: dict = {}
     if "name" in data:
         if not isinstance(data["name"], str) or len(data["name"]) > 256:
             raise ApiError(422, "'name' must be a string of at most 256 characters")
+        if data["name"] != (contact.profile_name or ""):
+            changes["name"] = data["name"]
         contact.profile_name = data["name"]
     if "fields" in data:
         fields = data["fields"]
@@ -103,20 +114,30 @@ def update_contact(contact_id: int):
         merged = dict(contact.custom_fields or {})
         for key, value in fields.items():
             if value is None:
+                if key in merged:
+                    changes.setdefault("fields", {})[key] = None
                 merged.pop(key, None)
             elif isinstance(value, (str, int, float, bool)):
+                if merged.get(key) != value:
+                    changes.setdefault("fields", {})[key] = value
                 merged[key] = value
             else:
                 raise ApiError(422, f"field {key!r} must be a string, number, boolean or null")
         contact.custom_fields = merged
+    if changes:
+        audit("fields", contact.id, detail=changes)
+
+
+def set_blocked(contact: Contact, blocked: bool) -> None:
+    if contact.blocked != blocked:
+        contact.blocked = blocked
+        audit("block" if blocked else "unblock", contact.id)
     db.session.commit()
-    return jsonify(contact_dict(contact, open_session(contact.id), full=True))
 
 
 def _set_blocked(contact_id: int, blocked: bool):
     contact = get_contact(contact_id)
-    contact.blocked = blocked
-    db.session.commit()
+    set_blocked(contact, blocked)
     return jsonify(contact_dict(contact, open_session(contact.id), full=True))
 
 
@@ -189,7 +210,12 @@ def _template(data: dict) -> dict:
 
 @bp.post("/contacts/<int:contact_id>/messages")
 def send_message(contact_id: int):
-    contact, data = get_contact(contact_id), body()
+    row = send_to_contact(get_contact(contact_id), body())
+    return jsonify({**row.to_dict(), "origin": row.origin}), 202
+
+
+def send_to_contact(contact: Contact, data: dict) -> Message:
+    """Queue an operator's message on the contact's ordered outbox, audit it, commit, wake delivery."""
     message = build_message(data)
     if contact.blocked:
         raise ApiError(409, "the contact is blocked; unblock it first")
@@ -198,13 +224,29 @@ def send_message(contact_id: int):
     if message["type"] != "template" and not contact.window_open():
         raise ApiError(409, "the contact last wrote more than 24 hours ago: only a template message can be sent")
     session = open_session(contact.id)
+    holder = held_by_other(session)
+    if holder:
+        raise ApiError(409, f"{holder} holds this conversation")
     row = queue_outbound(contact, get_settings().whatsapp_phone_number_id, message, Origin.OPERATOR,
                          session.id if session else None)
     if session is not None and session.status == SessionStatus.HANDOVER:
         session.last_activity_at = utcnow()  # an answered handover is not idle
+    db.session.flush()
+    detail = {"message_id": row.id, "type": message["type"]}
+    if message["type"] == "template":
+        detail["template"] = message["template"]["name"]
+    audit("send", contact.id, detail=detail)
     db.session.commit()
     wake(contact.id)
-    return jsonify({**row.to_dict(), "origin": row.origin}), 202
+    return row
+
+
+def held_by_other(session: FlowSession | None) -> str | None:
+    """The other operator holding this conversation (a claimed handover), if any."""
+    if session is not None and session.status == SessionStatus.HANDOVER and session.handover_claimed_by not in (
+            None, current_actor().name):
+        return session.handover_claimed_by
+    return None
 
 
 # -- flow session -------------------------------------------------------------------------------
@@ -218,19 +260,30 @@ def get_session(contact_id: int):
 @bp.delete("/contacts/<int:contact_id>/session")
 def reset_session(contact_id: int):
     get_contact(contact_id)
+    return jsonify(session=reset_contact_session(contact_id).to_dict())
+
+
+def reset_contact_session(contact_id: int) -> FlowSession:
+    """End the contact's open flow session (the bot starts afresh at the next message)."""
     with contact_lock(contact_id):
         session = open_session(contact_id)
         if session is None:
             raise ApiError(404, "the contact has no open flow session")
         end_session(session, EndReason.RESET)
+        audit("reset", contact_id, target=session.flow_name, detail={"step": session.step_id})
         db.session.commit()
-    return jsonify(session=session.to_dict())
+    return session
 
 
 @bp.post("/contacts/<int:contact_id>/session")
 def start_session(contact_id: int):
     contact, data = get_contact(contact_id), body()
-    name = data.get("flow")
+    session, turn = start_contact_flow(contact, data.get("flow"))
+    return jsonify(session=session.to_dict() if session else None, messages=len(turn.messages)), 201
+
+
+def start_contact_flow(contact: Contact, name) -> tuple[FlowSession | None, object]:
+    """Start an active flow for the contact now (inside the 24-hour window); returns (session, turn)."""
     if not isinstance(name, str) or name not in library_cache.get().flows:
         raise ApiError(422, f"'flow' must name an active flow; got {name!r}")
     if contact.blocked or contact.opted_out:
@@ -238,10 +291,11 @@ def start_session(contact_id: int):
     if not contact.window_open():
         raise ApiError(409, "the contact last wrote more than 24 hours ago: a flow can only start inside the "
                             "24-hour window (send a template instead)")
+    contact_id = contact.id
     with contact_lock(contact_id):  # delivery is enqueued when the lock is released
+        audit("start_flow", contact_id, target=name)  # commits with the turn
         turn = start_flow_for(contact_id, name)
-    session = open_session(contact_id)
-    return jsonify(session=session.to_dict() if session else None, messages=len(turn.messages)), 201
+    return open_session(contact_id), turn
 
 
 class contact_lock:  # a context manager, named like one
@@ -285,36 +339,59 @@ def list_handovers():
 def claim_handover(contact_id: int):
     """Claim the contact's handover; with no open handover, take the conversation over from the bot."""
     get_contact(contact_id)
+    session = claim_conversation(contact_id)
+    return jsonify(session=session.to_dict(), claimed_by=session.handover_claimed_by)
+
+
+def claim_conversation(contact_id: int, force: bool = False) -> FlowSession:
+    """Hold the conversation: claim a waiting handover, or take it over from the bot; with ``force``
+    (admins), from another operator."""
+    me = current_actor().name
     with contact_lock(contact_id):
         now, session = utcnow(), open_session(contact_id)
+        detail = None
         if session is not None and session.status == SessionStatus.HANDOVER:
-            if session.handover_claimed_by not in (None, g.operator):
-                raise ApiError(409, f"already claimed by {session.handover_claimed_by}")
+            holder = session.handover_claimed_by
+            if holder == me:
+                return session
+            if holder is not None and not force:
+                raise ApiError(409, f"already claimed by {holder}")
+            action, detail = ("takeover", {"from": holder}) if holder else ("claim", None)
         else:
             if session is not None:
                 end_session(session, EndReason.TAKEN_OVER, now)
+                detail = {"from_flow": session.flow_name}
             session = FlowSession(contact_id=contact_id, flow_name=OPERATOR_FLOW, flow_version=1,
                                   status=SessionStatus.HANDOVER,
                                   state={}, started_at=now, last_activity_at=now)
             db.session.add(session)
-        session.handover_claimed_by = g.operator
+            action = "takeover"
+        session.handover_claimed_by = me
+        audit(action, contact_id, detail=detail)
         db.session.commit()
-        return jsonify(session=session.to_dict(), claimed_by=session.handover_claimed_by)
+        return session
 
 
 @bp.post("/contacts/<int:contact_id>/handover/resolve")
 def resolve_handover(contact_id: int):
     """End the handover; the bot answers the contact's next message again."""
     get_contact(contact_id)
+    return jsonify(session=resolve_conversation(contact_id, body_force()).to_dict())
+
+
+def resolve_conversation(contact_id: int, force: bool = False) -> FlowSession:
+    me = current_actor().name
     with contact_lock(contact_id):
         session = open_session(contact_id)
         if session is None or session.status != SessionStatus.HANDOVER:
             raise ApiError(409, "the contact is not waiting for or talking to a human")
-        if session.handover_claimed_by not in (None, g.operator) and not body_force():
-            raise ApiError(409, f"claimed by {session.handover_claimed_by}; pass {{\"force\": true}} to resolve")
+        holder = session.handover_claimed_by
+        if holder not in (None, me) and not force:
+            raise ApiError(409, f"claimed by {holder}; pass {{\"force\": true}} to resolve")
         end_session(session, EndReason.RESOLVED)
+        audit("resolve", contact_id, detail={"held_by": holder} if holder != me else None)
         db.session.commit()
-        return jsonify(session=session.to_dict())
+        return session
 
 
 def body_force() -> bool:

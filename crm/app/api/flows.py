@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import jsonify, request
 from sqlalchemy import select
 
-from crm.app.api import ApiError, bp, stamp
+from crm.app.api import ApiError, bp, require_admin, stamp
 from crm.base.extensions import db
+from crm.base.operators import audit
 from flows.document import FlowDoc, FlowError, check_library, parse_flow
 from flows.models import Flow
 from flows.store import bump_generation, import_flows
@@ -45,7 +46,18 @@ def get_flow_detail(name: str):
 @bp.post("/flows")
 def upload_flow():
     """The body is the flow file itself (YAML or JSON), validated exactly like ``flask flows import``."""
+    require_admin()
     raw = request.get_data(cache=False)
+    name, version, outcome, warnings = upload_flow_source(raw, request.args.get("filename") or "upload")
+    body = {"name": name, "version": version, "outcome": outcome, **({"warnings": warnings} if warnings else {})}
+    return jsonify(body), 201 if outcome == "created" else 200
+
+
+def upload_flow_source(raw: bytes, filename: str) -> tuple[str, int, str, list[str]]:
+    """Validate and import one flow file (upsert by name); returns (name, version, outcome, warnings).
+
+    Raises ApiError with the CLI's validation messages (``filename:line: problem``) as details.
+    """
     if not raw.strip():
         raise ApiError(400, "the request body must be a flow document (YAML or JSON)")
     if len(raw) > MAX_FLOW_BYTES:
@@ -54,19 +66,19 @@ def upload_flow():
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "the flow document must be UTF-8") from None
-    filename = request.args.get("filename") or "upload"
     warnings: list[str] = []
     try:
-        loaded = parse_flow(text, filename)
-        (name, version, outcome), = import_flows([loaded], warnings)
+        (name, version, outcome), = import_flows([parse_flow(text, filename)], warnings)
     except FlowError as exc:
         db.session.rollback()
         raise ApiError(422, f"the flow is invalid ({len(exc.problems)} problem(s))", exc.problems) from None
-    body = {"name": name, "version": version, "outcome": outcome, **({"warnings": warnings} if warnings else {})}
-    return jsonify(body), 201 if outcome == "created" else 200
+    audit("flow_upload", target=name, detail={"version": version, "outcome": outcome})
+    db.session.commit()
+    return name, version, outcome, warnings
 
 
-def _set_active(name: str, active: bool):
+def set_flow_active(name: str, active: bool) -> Flow:
+    """Activate or deactivate a flow, refused when the active flows would then clash."""
     flow = get_flow(name)
     if flow.active != active:
         others = [FlowDoc.model_validate(f.document) for f in
@@ -76,16 +88,19 @@ def _set_active(name: str, active: bool):
             reason = "activating this flow" if active else "deactivating this flow"
             raise ApiError(409, f"{reason} would leave the active flows inconsistent", problems)
         flow.active = active
+        audit("flow_activate" if active else "flow_deactivate", target=name)
         db.session.commit()
         bump_generation()
-    return jsonify(flow_dict(flow))
+    return flow
 
 
 @bp.post("/flows/<name>/activate")
 def activate_flow(name: str):
-    return _set_active(name, True)
+    require_admin()
+    return jsonify(flow_dict(set_flow_active(name, True)))
 
 
 @bp.post("/flows/<name>/deactivate")
 def deactivate_flow(name: str):
-    return _set_active(name, False)
+    require_admin()
+    return jsonify(flow_dict(set_flow_active(name, False)))

@@ -1,0 +1,147 @@
+"""How a stored message looks in a thread: its kind, text, media, options and delivery ticks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from crm.models import utcnow
+from integrations.whatsapp.inbound import describe
+
+MEDIA_ICONS = {"image": "🖼", "video": "🎞", "audio": "🔊", "voice": "🎤", "document": "📄", "sticker": "🏷",
+               "location": "📍", "contacts": "👤", "reaction": "💬", "template": "📋"}
+
+
+@dataclass
+class View:
+    kind: str
+    text: str | None = None
+    media: dict | None = None  # {"kind", "icon", "label", "detail"}
+    options: list[str] = field(default_factory=list)  # buttons or list rows offered
+    link: str | None = None
+
+
+def _d(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _media(kind: str, body: dict, outbound: bool) -> View:
+    label = {"voice": "Voice message", "sticker": "Sticker"}.get(kind, kind.capitalize())
+    detail = [body.get("filename"), body.get("mime_type")]
+    if outbound:
+        detail.append(body.get("link") or (f"media id {body['id']}" if body.get("id") else None))
+    return View(kind, body.get("caption"), {"kind": kind, "icon": MEDIA_ICONS.get(kind, "📎"), "label": label,
+                                            "detail": " · ".join(str(x) for x in detail if x)})
+
+
+def _location(loc: dict) -> View:
+    lat, lon = loc.get("latitude"), loc.get("longitude")
+    text = " — ".join(str(x) for x in (loc.get("name"), loc.get("address")) if x) or None
+    link = f"https://www.openstreetmap.org/?mlat={lat}&mlon={lon}#map=16/{lat}/{lon}" if lat is not None else None
+    return View("location", text, {"kind": "location", "icon": MEDIA_ICONS["location"], "label": "Location",
+                                   "detail": f"{lat}, {lon}"}, link=link)
+
+
+def _contacts(cards) -> View:
+    names = []
+    for card in cards if isinstance(cards, list) else []:
+        name = _d(card.get("name")).get("formatted_name") or "?"
+        phones = ", ".join(p.get("phone", "") for p in card.get("phones") or [] if isinstance(p, dict))
+        names.append(f"{name} {phones}".strip())
+    return View("contacts", "\n".join(names) or None,
+                {"kind": "contacts", "icon": MEDIA_ICONS["contacts"], "label": "Contact card", "detail": ""})
+
+
+def inbound_view(payload: dict) -> View:
+    kind, text, _reply_id = describe(payload or {})
+    if kind in ("image", "video", "audio", "voice", "document", "sticker"):
+        return _media(kind, _d(payload.get("audio" if kind == "voice" else kind)), outbound=False)
+    if kind == "location":
+        return _location(_d(payload.get("location")))
+    if kind == "contacts":
+        return _contacts(payload.get("contacts"))
+    if kind in ("button_reply", "list_reply", "button"):
+        return View("reply", f"↩ {text}" if text else None)
+    if kind == "reaction":
+        return View("reaction", f"reacted {text}" if text else "removed a reaction")
+    if kind == "text":
+        return View("text", text)
+    return View(kind, text or f"[{kind} message]")
+
+
+def outbound_view(payload: dict) -> View:
+    kind = (payload or {}).get("type")
+    if kind == "text":
+        return View("text", _d(payload.get("text")).get("body"))
+    if kind == "interactive":
+        inter = _d(payload.get("interactive"))
+        action = _d(inter.get("action"))
+        options = [_d(b.get("reply")).get("title", "") for b in action.get("buttons") or []]
+        for section in action.get("sections") or []:
+            options += [row.get("title", "") for row in _d(section).get("rows") or [] if isinstance(row, dict)]
+        header = _d(inter.get("header")).get("text")
+        body = _d(inter.get("body")).get("text")
+        return View("interactive", "\n".join(x for x in (header, body) if x), options=options)
+    if kind == "template":
+        tpl = _d(payload.get("template"))
+        values = [p.get("text") or p.get("parameter_name") or p.get("type")
+                  for c in tpl.get("components") or [] if isinstance(c, dict)
+                  for p in c.get("parameters") or [] if isinstance(p, dict)]
+        lang = _d(tpl.get("language")).get("code", "")
+        return View("template", ", ".join(str(v) for v in values) or None,
+                    {"kind": "template", "icon": MEDIA_ICONS["template"], "label": f"Template {tpl.get('name')}",
+                     "detail": lang})
+    if kind in ("image", "video", "audio", "document", "sticker"):
+        return _media(kind, _d(payload.get(kind)), outbound=True)
+    if kind == "location":
+        return _location(_d(payload.get("location")))
+    if kind == "contacts":
+        return _contacts(payload.get("contacts"))
+    if kind == "reaction":
+        return View("reaction", f"reacted {_d(payload.get('reaction')).get('emoji', '')}")
+    return View(kind or "unknown", f"[{kind} message]")
+
+
+def message_view(row) -> View:
+    return inbound_view(row.payload) if row.direction == "in" else outbound_view(row.payload)
+
+
+TICKS = {"queued": ("🕓", "queued"), "sending": ("🕓", "sending"), "sent": ("✓", "sent"),
+         "delivered": ("✓✓", "delivered"), "read": ("✓✓", "read"), "failed": ("⚠", "failed"),
+         "deleted": ("🗑", "deleted")}
+
+
+def ticks(row) -> dict:
+    """The delivery mark of an outbound row: symbol, status word, and Meta's error when it failed."""
+    symbol, word = TICKS.get(row.status, ("?", row.status))
+    error = None
+    if row.status == "failed" or (row.status in ("queued", "sending") and row.error_code):
+        error = " ".join(str(x) for x in (row.error_code, row.error_title) if x) or "failed"
+    return {"symbol": symbol, "status": row.status, "word": word, "error": error,
+            "details": getattr(row, "error_details", None)}
+
+
+def ago(when: datetime | None, now: datetime | None = None) -> str:
+    if when is None:
+        return ""
+    seconds = max(0, int(((now or utcnow()) - when).total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d"
+
+
+def iso(when: datetime | None) -> str:
+    return when.isoformat(timespec="seconds") + "Z" if when else ""
+
+
+def clock(when: datetime | None) -> str:
+    """A UTC time for the page; the page's script shows it in the browser's time zone."""
+    if when is None:
+        return ""
+    if when.date() == utcnow().date():
+        return when.strftime("%H:%M")
+    return when.strftime("%d %b %H:%M")
