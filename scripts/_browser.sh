@@ -6,7 +6,7 @@ ensure_chromium() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing Debian's chromium and chromium-driver for the browser tests ..."
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      chromium chromium-driver fonts-dejavu-core) >/dev/null
+      chromium chromium-driver fonts-dejavu-core fonts-noto-color-emoji) >/dev/null
     [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && return 0
   fi
   echo "note: chromium/chromium-driver are not installed and cannot be installed here (not root or no" \

@@ -28,8 +28,11 @@ done
 if [ -n "$unset_vars" ]; then
   echo "note: not set in .env:$unset_vars (WhatsApp and the operator API need them; see docs/going-live.md)"
 fi
-echo "web on http://127.0.0.1:$PORT  (webhook: /webhooks/whatsapp, health: /healthz)"
+echo "web on http://127.0.0.1:$PORT  (webhook: /webhooks/whatsapp, health: /healthz, inbox: /inbox)"
 echo "CLI: .venv/bin/flask --app wsgi --help  (reads .env)"
+case "$(flask --app wsgi operators list 2>/dev/null || true)" in
+  "no operators yet"*) echo "note: nobody can sign in to /inbox yet: flask --app wsgi operators create NAME --role admin";;
+esac
 # /metrics adds up the samples of every process through this directory; stale files are dropped.
 export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/instance/prometheus}"
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"

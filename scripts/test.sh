@@ -4,8 +4,10 @@
 # SQLite; when PostgreSQL answers at TEST_POSTGRES_URL (default
 # postgresql://postgres@127.0.0.1:5432/test) the database tests also run on it.
 source "$(dirname "$0")/_common.sh"
+source "$(dirname "$0")/_browser.sh"
 ensure_venv requirements-dev.txt
 ensure_redis_server_binary || { echo "error: the tests need redis-server: apt-get install redis-server"; exit 1; }
+ensure_chromium || [ "${CI:-}" != true ] || { echo "error: CI runs the browser tests: chromium is required"; exit 1; }
 ruff check .
 lint-imports --no-cache   # the one-way layers of docs/architecture.md (.importlinter)
 mypy                      # the pure modules (mypy.ini)

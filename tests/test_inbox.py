@@ -426,7 +426,7 @@ def test_outside_the_window_only_templates_with_parameters(inbox_app, graph):
     key = "order_update:en_US"
     params = {f"param-{key}-header-1": "A-17", f"param-{key}-body-1": "Ana", f"param-{key}-body-2": "A-17"}
     missing = post_form(bo, f"/inbox/c/{cid}/template", {"template": key, **params})
-    assert missing.status_code == 422 and "Fill in {{3}}" in text_of(missing)
+    assert missing.status_code == 422 and "Fill in body {{3}}" in text_of(missing)
     assert 'value="Ana"' in text_of(missing)  # what was typed stays
     tabbed = post_form(bo, f"/inbox/c/{cid}/template", {"template": key, **params,
                                                           f"param-{key}-body-3": "Mon\tday"})

@@ -47,7 +47,9 @@ def document() -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "WhatsApp CRM operator API", "version": "1.0.0",
-                 "description": "Bearer tokens from OPERATOR_API_TOKENS. Errors: {error: {status, message}}."},
+                 "description": "Bearer tokens: one of OPERATOR_API_TOKENS (full access, logged as operator-N) or "
+                                "an operator's personal token (crm_..., acts as that operator and role; flow "
+                                "changes need an admin). Errors: {error: {status, message}}."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": {
@@ -75,8 +77,9 @@ def document() -> dict:
             "/api/contacts/{contact_id}/messages": {
                 "get": op("The conversation, newest first, with status history and errors", "conversation",
                           [CONTACT_ID, *PAGE], errors=("400", "401", "404")),
-                "post": op("Send through the ordered delivery path; free text outside 24 h is 409; a template "
-                           "must be approved and get the parameters it expects (422 otherwise)", "conversation",
+                "post": op("Send through the ordered delivery path; free text outside 24 h, or a conversation "
+                           "another operator holds, is 409; a template must be approved and get the parameters "
+                           "it expects (422 otherwise)", "conversation",
                            [CONTACT_ID], SEND, ok="202", errors=("400", "401", "404", "409", "422"))},
             "/api/contacts/{contact_id}/session": {
                 "get": op("The open flow session (flow, step, variables, idle time)", "sessions", [CONTACT_ID],
@@ -96,13 +99,13 @@ def document() -> dict:
                 "get": op("List flows", "flows"),
                 "post": op("Upload a flow file (YAML or JSON), validated like the CLI", "flows",
                            [{"name": "filename", "in": "query", "schema": STRING}], {"type": "string"}, ok="201",
-                           errors=("400", "401", "413", "422"), body_type="application/yaml")},
+                           errors=("400", "401", "403", "413", "422"), body_type="application/yaml")},
             "/api/flows/{name}": {"get": op("A flow with its document and source", "flows", [FLOW_NAME],
                                             errors=("401", "404"))},
             "/api/flows/{name}/activate": {"post": op("Activate", "flows", [FLOW_NAME],
-                                                      errors=("401", "404", "409"))},
+                                                      errors=("401", "403", "404", "409"))},
             "/api/flows/{name}/deactivate": {"post": op("Deactivate", "flows", [FLOW_NAME],
-                                                        errors=("401", "404", "409"))},
+                                                        errors=("401", "403", "404", "409"))},
             "/api/templates": {"get": op(
                 "Message templates as last synced (status, language, category, parameter counts, components); "
                 "template sends must name an approved one", "templates",

@@ -61,13 +61,17 @@ class TemplateInfo:
         return next((c for c in self.components if isinstance(c, dict) and str(c.get("type")).upper() == kind), {})
 
     @property
-    def text(self) -> str:
-        """Header, body and footer as one preview text (placeholders kept)."""
+    def preview(self) -> list[tuple[str, str]]:
+        """(component, text) of the header, body and footer, placeholders kept."""
         header = self.part("HEADER")
-        pieces = [header.get("text") if header.get("format", "TEXT").upper() == "TEXT" else
-                  f"[{str(header.get('format')).lower()}]" if header else None,
-                  self.part("BODY").get("text"), self.part("FOOTER").get("text")]
-        return "\n".join(p for p in pieces if p)
+        fmt = str(header.get("format") or "TEXT").upper() if header else None
+        pieces = [("header", header.get("text") if fmt == "TEXT" else f"[{fmt.lower()}]" if fmt else None),
+                  ("body", self.part("BODY").get("text")), ("footer", self.part("FOOTER").get("text"))]
+        return [(kind, text) for kind, text in pieces if text]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(text for _kind, text in self.preview)
 
     @property
     def params(self) -> list[Param]:
@@ -79,7 +83,7 @@ class TemplateInfo:
                              media=MEDIA_FORMATS[fmt]))
         elif fmt == "TEXT":
             out += [Param(f"header-{n}", "header", n, f"header {{{{{n}}}}}") for n in _names(header.get("text"))]
-        out += [Param(f"body-{n}", "body", n, f"{{{{{n}}}}}") for n in _names(self.part("BODY").get("text"))]
+        out += [Param(f"body-{n}", "body", n, f"body {{{{{n}}}}}") for n in _names(self.part("BODY").get("text"))]
         for i, button in enumerate(self.part("BUTTONS").get("buttons") or []):
             if isinstance(button, dict) and str(button.get("type")).upper() == "URL":
                 out += [Param(f"button{i}-{n}", "button", n, f"button '{button.get('text', i)}' {{{{{n}}}}}",

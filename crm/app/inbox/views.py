@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime
+from urllib.parse import urlencode
 
 from flask import abort, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
@@ -30,7 +31,7 @@ from crm.api.flows import MAX_FLOW_BYTES, flow_dict, get_flow, set_flow_active, 
 from crm.app.auth import admin_only, require_operator
 from crm.app.inbox import bp, queries
 from crm.app.inbox.message_templates import TemplateInputError, approved_templates, find_template
-from crm.app.inbox.render import ago, clock, iso, message_view, ticks
+from crm.app.inbox.render import ago, clock, iso, message_view, ticks, when
 from crm.base.operators import AccountError, AuditEvent, Operator, OperatorToken, audit, check_password, issue_token
 from crm.extensions import db
 from crm.models import SERVICE_WINDOW, Contact, utcnow
@@ -51,11 +52,19 @@ def page_args(**changes) -> dict:
     return {k: v for k, v in args.items() if v not in (None, "", "all", queries.PAGE)}
 
 
+@bp.app_template_global()
+def conversation_link() -> tuple[str, str]:
+    """(path before the contact id, query after it) of a conversation link, built once per list."""
+    query = urlencode(page_args())
+    return url_for("inbox.index") + "c/", f"?{query}" if query else ""
+
+
 bp.add_app_template_filter(ago, "ago")
 bp.add_app_template_filter(clock, "clock")
 bp.add_app_template_filter(iso, "iso")
 bp.add_app_template_global(message_view, "message_view")
 bp.add_app_template_global(ticks, "ticks")
+bp.add_app_template_global(when, "time_of")
 
 
 # -- errors: a message on the page, never a 500 --------------------------------------------------
@@ -209,7 +218,7 @@ def poll():
                                              senders=queries.senders(contact.id, rows[0].created_at if rows
                                                                      else None))
         for row in queries.outbound_statuses(contact.id, limit=30):
-            thread["ticks"][row.id] = render_template("inbox/_ticks.html", t=ticks(row))
+            thread["ticks"][row.id] = str(ticks(row))
         panel = panel_context(contact)
         thread["state"] = panel["state"]
         if panel["state"] != request.args.get("state"):

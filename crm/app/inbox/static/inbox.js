@@ -189,13 +189,13 @@
       };
       var preview = function () {
         form.querySelectorAll("fieldset.template-params:not([disabled])").forEach(function (fs) {
-          var pre = fs.querySelector(".preview");
-          var text = pre.dataset.text;
-          fs.querySelectorAll("input[data-param]").forEach(function (input) {
-            if (input.dataset.component === "button" || !input.value) return;
-            text = text.split("{{" + input.dataset.param + "}}").join(input.value);
+          fs.querySelectorAll(".preview [data-component]").forEach(function (part) {
+            var text = part.dataset.text;
+            fs.querySelectorAll('input[data-component="' + part.dataset.component + '"]').forEach(function (input) {
+              if (input.value) text = text.split("{{" + input.dataset.param + "}}").join(input.value);
+            });
+            part.textContent = text;
           });
-          pre.textContent = text;
         });
       };
       select.addEventListener("change", show);
@@ -212,6 +212,10 @@
     setTimeout(function () { delete form.dataset.sent; }, 3000);
   });
 
+  // flashed notices fade after a few seconds (errors stay: they sit in the page)
+  document.querySelectorAll(".flashes .alert").forEach(function (el) {
+    setTimeout(function () { el.remove(); }, 5000);
+  });
   localize(document);
   wireReply();
   toBottom();

@@ -1,0 +1,1 @@
+"""Browser tests: the inbox in Debian's headless Chromium, driven by Selenium."""
