@@ -45,6 +45,24 @@ def failures_key(name: str, address: str) -> str:
     return f"crm:operator:login-failures:{name.strip().casefold()}:{address}"
 
 
+# Pages only load what the app serves: no inline script, no framing (clickjacking), no caching of
+# pages that show conversations.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+}
+
+
+@bp.after_request
+def page_headers(response):
+    """after_request of the sign-in and inbox blueprints."""
+    response.headers.update(PAGE_HEADERS)
+    if request.endpoint != "inbox.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def init_auth(app: Flask) -> None:
     settings = app.config["SETTINGS"]
     app.secret_key = settings.secret_key or _instance_secret(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -11,6 +12,7 @@ from markupsafe import Markup
 from crm.models import utcnow
 from integrations.whatsapp.inbound import describe
 
+log = logging.getLogger(__name__)
 MEDIA_ICONS = {"image": "🖼", "video": "🎞", "audio": "🔊", "voice": "🎤", "document": "📄", "sticker": "🏷",
                "location": "📍", "contacts": "👤", "reaction": "💬", "template": "📋"}
 
@@ -38,18 +40,23 @@ def _media(kind: str, body: dict, outbound: bool) -> View:
 
 
 def _location(loc: dict) -> View:
-    lat, lon = loc.get("latitude"), loc.get("longitude")
+    try:
+        lat, lon = float(loc.get("latitude")), float(loc.get("longitude"))
+    except (TypeError, ValueError):
+        lat = lon = None
     text = " — ".join(str(x) for x in (loc.get("name"), loc.get("address")) if x) or None
     link = f"https://www.openstreetmap.org/?mlat={lat}&mlon={lon}#map=16/{lat}/{lon}" if lat is not None else None
     return View("location", text, {"kind": "location", "icon": MEDIA_ICONS["location"], "label": "Location",
-                                   "detail": f"{lat}, {lon}"}, link=link)
+                                   "detail": f"{lat}, {lon}" if lat is not None else ""}, link=link)
 
 
 def _contacts(cards) -> View:
     names = []
     for card in cards if isinstance(cards, list) else []:
+        card = _d(card)
         name = _d(card.get("name")).get("formatted_name") or "?"
-        phones = ", ".join(p.get("phone", "") for p in card.get("phones") or [] if isinstance(p, dict))
+        phones = card.get("phones") if isinstance(card.get("phones"), list) else []
+        phones = ", ".join(str(p.get("phone", "")) for p in phones if isinstance(p, dict))
         names.append(f"{name} {phones}".strip())
     return View("contacts", "\n".join(names) or None,
                 {"kind": "contacts", "icon": MEDIA_ICONS["contacts"], "label": "Contact card", "detail": ""})
@@ -106,7 +113,13 @@ def outbound_view(payload: dict) -> View:
 
 
 def message_view(row) -> View:
-    return inbound_view(row.payload) if row.direction == "in" else outbound_view(row.payload)
+    """How to show a stored message; a payload of a shape we do not know shows as its summary."""
+    try:
+        payload = row.payload if isinstance(row.payload, dict) else {}
+        return inbound_view(payload) if row.direction == "in" else outbound_view(payload)
+    except (AttributeError, TypeError, KeyError, ValueError):
+        log.warning("message %s has a payload the inbox cannot show", row.id, extra={"event": "inbox.bad_payload"})
+        return View(row.type or "unknown", row.text or f"[{row.type} message]")
 
 
 TICKS = {"queued": ("🕓", "queued"), "sending": ("🕓", "sending"), "sent": ("✓", "sent"),

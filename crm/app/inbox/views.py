@@ -28,7 +28,7 @@ from crm.api.contacts import (
     update_contact_fields,
 )
 from crm.api.flows import MAX_FLOW_BYTES, flow_dict, get_flow, set_flow_active, upload_flow_source
-from crm.app.auth import admin_only, require_operator
+from crm.app.auth import admin_only, page_headers, require_operator
 from crm.app.inbox import bp, queries
 from crm.app.inbox.message_templates import TemplateInputError, approved_templates, find_template
 from crm.app.inbox.render import ago, clock, iso, message_view, ticks, when
@@ -42,6 +42,7 @@ FIELD_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 FIELD_VALUE_MAX = 1024
 
 bp.before_request(require_operator)
+bp.after_request(page_headers)
 
 
 @bp.app_template_global()
