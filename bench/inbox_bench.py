@@ -33,9 +33,9 @@ def seed(contacts: int, messages: int, thread: int) -> int:
     """Fill the tables; returns the id of the contact with the long thread."""
     from sqlalchemy import insert
 
+    from crm.base.extensions import db
+    from crm.base.models import Contact, Message, utcnow
     from crm.base.operators import AuditEvent
-    from crm.extensions import db
-    from crm.models import Contact, Message, utcnow
     from flows.models import FlowSession
 
     rng = random.Random(7)
@@ -125,9 +125,9 @@ def main() -> None:
     os.environ.setdefault("DATABASE_URL", "sqlite:////tmp/inbox_bench.sqlite3")
     from flask_migrate import upgrade
 
-    from crm import create_app
+    from crm.app import create_app
+    from crm.base.extensions import db
     from crm.base.operators import create_operator
-    from crm.extensions import db
 
     app = create_app()
     with app.app_context():
@@ -149,7 +149,7 @@ def main() -> None:
             db.session.execute(db.text("ANALYZE"))
         from sqlalchemy import func, select
 
-        from crm.models import Message
+        from crm.base.models import Message
 
         last = db.session.execute(select(func.max(Message.id)).where(Message.contact_id == big)).scalar_one()
         print(f"seeded {args.contacts} contacts, {args.messages} messages in {time.perf_counter() - started:.1f}s "

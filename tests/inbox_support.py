@@ -7,7 +7,7 @@ import re
 
 from sqlalchemy import delete, select
 
-from tests.conftest import envelope, message, post_webhook, run_worker
+from tests.helpers import say  # noqa: F401 - re-exported for the inbox tests
 
 PASSWORD = "correct horse 42"
 TEMPLATES = [
@@ -23,8 +23,8 @@ TEMPLATES = [
 
 
 def make_operator(app, name: str, role: str = "agent", password: str = PASSWORD) -> int:
+    from crm.base.extensions import db
     from crm.base.operators import create_operator
-    from crm.extensions import db
 
     with app.app_context():
         operator = create_operator(name, role, password)
@@ -49,15 +49,9 @@ def post_form(client, path: str, data: dict | None = None, follow: bool = False)
     return client.post(path, data={**(data or {}), "csrf_token": token}, follow_redirects=follow)
 
 
-def say(app, wa_id: str, text: str, name: str = "Ana", **fields):
-    payload = envelope([message(wa_id, body=text, **fields)], name=name)
-    assert post_webhook(app.test_client(), payload).status_code == 200
-    run_worker(app)
-
-
 def contact_id(app, wa_id: str) -> int:
-    from crm.extensions import db
-    from crm.models import Contact
+    from crm.base.extensions import db
+    from crm.base.models import Contact
 
     with app.app_context():
         return db.session.execute(select(Contact.id).where(Contact.wa_id == wa_id)).scalar_one()
@@ -67,7 +61,7 @@ def install_templates(app, rows: list[dict] = TEMPLATES) -> None:
     """Approved templates for the picker: in the template store when it is installed, else in the
     stand-in table the inbox reads until then."""
     from crm.app.inbox.message_templates import STAND_IN
-    from crm.extensions import db
+    from crm.base.extensions import db
 
     with app.app_context():
         try:

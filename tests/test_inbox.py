@@ -11,10 +11,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from crm.extensions import db
-from crm.models import Contact, Message, utcnow
+from crm.base.extensions import db
+from crm.base.models import Contact, Message, utcnow
 from flows.models import FlowSession
-from tests.conftest import PNID, envelope, import_examples, post_webhook, run_worker
+from tests.helpers import PNID, envelope, import_examples, post_webhook, run_worker
 from tests.inbox_support import (
     PASSWORD,
     TEMPLATES,
@@ -220,7 +220,7 @@ def test_personal_tokens_act_as_the_operator_and_are_audited(inbox_app, graph):
 def test_logs_name_the_operator(inbox_app, caplog):
     import json
 
-    from crm.logs import JsonFormatter
+    from crm.base.logs import JsonFormatter
 
     caplog.set_level("INFO")
     say(inbox_app, "27150", "hi")
@@ -278,7 +278,7 @@ def test_thread_shows_ticks_errors_media_and_notes(inbox_app, graph):
         ("document", {"document": {"id": "M3", "filename": "invoice.pdf", "mime_type": "application/pdf"}}),
         ("location", {"location": {"latitude": 52.5, "longitude": 13.4, "name": "Office"}}),
     ]
-    from tests.conftest import message
+    from tests.helpers import message
 
     media.append(("contacts", {"contacts": ["not a card", {"phones": "nope"}]}))  # odd shapes show, never fail
     for kind, extra in media:
@@ -311,7 +311,7 @@ def test_thread_shows_ticks_errors_media_and_notes(inbox_app, graph):
 
 
 def test_expiry_and_handover_notes(inbox_app):
-    from flows.expiry import expire_idle_sessions
+    from crm.replies.expiry import expire_idle_sessions
 
     say(inbox_app, "27310", "hi")
     cid = contact_id(inbox_app, "27310")
@@ -405,7 +405,8 @@ def test_take_over_from_the_bot(inbox_app, graph):
     cid = contact_id(inbox_app, "27510")
     bo = signed_in(inbox_app, "Bo")
     assert "The bot is handling this conversation" in text_of(bo.get(f"/inbox/c/{cid}"))
-    post_form(bo, f"/inbox/c/{cid}/claim")
+    claimed = post_form(bo, f"/inbox/c/{cid}/claim")
+    assert claimed.status_code == 303, text_of(claimed)[-3000:]
     before = len(graph.texts("27510"))
     say(inbox_app, "27510", "menu")
     assert len(graph.texts("27510")) == before  # the bot is silent

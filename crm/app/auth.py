@@ -25,24 +25,16 @@ from pathlib import Path
 from flask import Blueprint, Flask, flash, g, jsonify, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
+from crm.base import keys
+from crm.base.extensions import db, get_redis
+from crm.base.models import utcnow
 from crm.base.operators import Actor, Operator, audit, authenticate
-from crm.extensions import db, get_redis
-from crm.models import utcnow
 
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
 
-SESSION_TTL = timedelta(hours=12)
-MAX_FAILURES, LOCKOUT = 5, timedelta(minutes=15)
-
-
-def session_key(sid: str) -> str:
-    return f"crm:operator:session:{sid}"
-
-
-def failures_key(name: str, address: str) -> str:
-    return f"crm:operator:login-failures:{name.strip().casefold()}:{address}"
+SESSION_TTL = timedelta(seconds=keys.OPERATOR_SESSION_TTL)
 
 
 # Pages only load what the app serves: no inline script, no framing (clickjacking), no caching of
@@ -63,7 +55,7 @@ def page_headers(response):
     return response
 
 
-def init_auth(app: Flask) -> None:
+def init_app(app: Flask) -> None:
     settings = app.config["SETTINGS"]
     app.secret_key = settings.secret_key or _instance_secret(app)
     app.config.update(
@@ -98,7 +90,7 @@ def signed_in() -> Operator | None:
     g.me = None
     sid = session.get("sid")
     if isinstance(sid, str):
-        operator_id = get_redis().getex(session_key(sid), ex=SESSION_TTL)  # sliding expiry
+        operator_id = get_redis().getex(keys.operator_session(sid), ex=SESSION_TTL)  # sliding expiry
         if operator_id is not None:
             operator = db.session.get(Operator, int(operator_id))
             if operator is not None and operator.active:
@@ -156,9 +148,9 @@ def login():
     name = (request.form.get("name") or "").strip()[:64]
     password = request.form.get("password") or ""
     address = request.remote_addr or "-"
-    redis, key = get_redis(), failures_key(name, address)
+    redis, key = get_redis(), keys.login_failures(name, address)
     failures = int(redis.get(key) or 0)
-    if failures >= MAX_FAILURES:
+    if failures >= keys.LOGIN_FAILURES_MAX:
         minutes = max(1, -(-redis.ttl(key) // 60))
         log.warning("sign-in refused: locked", extra={"event": "operator.login_locked", "operator": name})
         return render_template("inbox/login.html", name=name, error=(
@@ -169,14 +161,14 @@ def login():
     if operator is None:
         pipe = redis.pipeline()
         pipe.incr(key)
-        pipe.expire(key, LOCKOUT)
+        pipe.expire(key, keys.LOGIN_LOCKOUT_TTL)
         pipe.execute()
         log.warning("sign-in failed", extra={"event": "operator.login_failed", "operator": name})
         return render_template("inbox/login.html", name=name, error="Wrong name or password."), 401
     redis.delete(key)
     session.clear()  # a new session (and CSRF token) at every sign-in: no fixation
     sid = secrets.token_urlsafe(32)
-    redis.set(session_key(sid), operator.id, ex=SESSION_TTL)
+    redis.set(keys.operator_session(sid), operator.id, ex=SESSION_TTL)
     session["sid"], session.permanent = sid, True
     operator.last_login_at = utcnow()
     audit("login", actor=Actor(operator.name, operator.id, "web", operator.role))
@@ -189,7 +181,7 @@ def logout():
     csrf.protect()
     operator, sid = signed_in(), session.get("sid")
     if isinstance(sid, str):
-        get_redis().delete(session_key(sid))
+        get_redis().delete(keys.operator_session(sid))
     if operator is not None:
         audit("logout")
         db.session.commit()

@@ -13,8 +13,9 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
+from crm.base import keys
+from crm.base.extensions import db, get_redis
 from crm.base.operators import ROLES, AccountError, Operator, audit, create_operator, find_operator, issue_token
-from crm.extensions import db, get_redis
 
 operators_cli = AppGroup("operators", help="Operator accounts (inbox sign-in) and personal API tokens.")
 
@@ -133,9 +134,7 @@ def token_cmd(name, label):
 def unlock_cmd(name):
     """Lift a sign-in lockout (5 failures) for this name from every address."""
     redis = get_redis()
-    from crm.app.auth import failures_key
-
-    keys = list(redis.scan_iter(match=failures_key(name, "*"), count=500))
-    if keys:
-        redis.delete(*keys)
-    click.echo(f"{len(keys)} lockout counter(s) cleared for {name}")
+    found = list(redis.scan_iter(match=keys.login_failures(name, "*"), count=500))
+    if found:
+        redis.delete(*found)
+    click.echo(f"{len(found)} lockout counter(s) cleared for {name}")

@@ -61,6 +61,20 @@ METRICS_RETIRED = f"{PREFIX}metrics:retired"  # hash, sample -> final counts of 
 METRICS_META = f"{PREFIX}metrics:meta"  # hash, family -> [type, help]
 METRICS_INSTANCE_TTL = 7 * 24 * 3600  # an instance hash nobody pushed or retired for a week
 
+OPERATOR_SESSION_TTL = 12 * 3600  # an inbox sign-in, counted from its last request
+LOGIN_FAILURES_MAX = 5  # failed sign-ins for one account from one address ...
+LOGIN_LOCKOUT_TTL = 15 * 60  # ... lock that pair this long, seconds
+
+
+def operator_session(sid: str) -> str:
+    """An inbox session id (the cookie holds only the id) -> the operator's id."""
+    return f"{PREFIX}operator:session:{sid}"
+
+
+def login_failures(name: str, address: str) -> str:
+    return f"{PREFIX}operator:login-failures:{name.strip().casefold()}:{address}"
+
+
 FLOWS_GENERATION = f"{PREFIX}flows:generation"  # bumped on every flow import: processes reload their library
 APIFOOTBALL_RATE = f"{PREFIX}apifootball:rate"  # the shared slot of the APIFootball rate limit
 

@@ -24,8 +24,8 @@ from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, String, selec
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from crm.extensions import db
-from crm.models import BigId, Contact, utcnow
+from crm.base.extensions import db
+from crm.base.models import BigId, Contact, utcnow
 
 log = logging.getLogger(__name__)
 

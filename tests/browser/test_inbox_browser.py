@@ -130,8 +130,8 @@ def test_handover_claim_answer_resolve(live, browser, shoot):
 
 
 def test_outside_the_window_templates_flows_and_account(live, browser, shoot):
-    from crm.extensions import db
-    from crm.models import Contact, utcnow
+    from crm.base.extensions import db
+    from crm.base.models import Contact, utcnow
 
     app, graph = live.app, live.graph
     make_operator(app, "Ada", "admin")

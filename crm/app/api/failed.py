@@ -9,6 +9,7 @@ from crm.app.api import ApiError, arg_int, bp
 from crm.base.enums import Direction, MessageStatus
 from crm.base.extensions import db
 from crm.base.models import Message
+from crm.base.operators import audit
 from crm.replies.contact import retry_failed
 
 
@@ -29,6 +30,9 @@ def list_failed_messages():
 @bp.post("/messages/<int:message_id>/retry")
 def retry_failed_message(message_id: int):
     """Put a set-aside message back at its place in the contact's inbox; the bot answers it."""
-    if not retry_failed(message_id):
+    contact_id = db.session.execute(select(Message.contact_id).where(Message.id == message_id)).scalar_one_or_none()
+    if contact_id is None or not retry_failed(message_id):
         raise ApiError(404, "no inbound message with that id was set aside")
+    audit("retry", contact_id, detail={"message_id": message_id})
+    db.session.commit()
     return jsonify(retried=message_id), 202

@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, inspect, select
 
-from crm.extensions import db
+from crm.base.extensions import db
+
+try:  # the template store (crm.base.templates), once it is installed
+    from crm.base.templates import approved_templates as from_store
+except ImportError:
+    from_store = None
 
 PLACEHOLDER = re.compile(r"{{\s*([A-Za-z0-9_]+)\s*}}")
 PARAM_MAX = 1024
@@ -140,10 +145,6 @@ def check_value(label: str, value: str) -> None:
 
 def approved_templates() -> list[TemplateInfo]:
     """Approved templates, by name and language."""
-    try:
-        from crm.base.templates import approved_templates as from_store  # the template store, once merged
-    except ImportError:
-        from_store = None
     if from_store is not None:
         rows = from_store()
     elif inspect(db.engine).has_table(STAND_IN.name):

@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, exists, func, or_, select
 
+from crm.base.enums import OPEN_STATUSES, EndReason
+from crm.base.extensions import contains_pattern, db, dialect_insert
+from crm.base.models import Contact, Message, utcnow
 from crm.base.operators import AuditEvent, Operator, OperatorRead
-from crm.extensions import contains_pattern, db
-from crm.intake import dialect_insert
-from crm.models import Contact, Message, utcnow
-from flows.models import OPEN_STATUSES, FlowSession
+from flows.models import FlowSession
 
 FILTERS = {"all": "All", "waiting": "Waiting", "mine": "Mine", "bot": "Bot", "opted_out": "Opted out",
            "blocked": "Blocked"}
@@ -152,14 +152,17 @@ class Note:
 
 
 SESSION_ENDS = {
-    "idle": ("Session expired (idle)", "expiry"), "resolved": ("Conversation resolved", "operator"),
-    "handover": ("The bot stopped: an operator took over", "operator"), "reset": ("Flow session reset", "note"),
-    "completed": ("Flow {flow} finished", "note"), "restarted": ("Flow {flow} restarted", "note"),
-    "replaced": ("Flow {flow} replaced", "note"), "cancelled": ("Flow {flow} cancelled by the user", "note"),
-    "stopped": ("The user opted out", "note"),
-    "invalid": ("Flow {flow} ended: too many answers it could not use", "note"),
-    "flow_unavailable": ("Flow {flow} ended: the flow is no longer active", "note"),
-    "loop": ("Flow {flow} ended: it looped without waiting for the user", "note"),
+    EndReason.IDLE: ("Session expired (idle)", "expiry"), EndReason.RESOLVED: ("Conversation resolved", "operator"),
+    EndReason.TAKEN_OVER: ("The bot stopped: an operator took over", "operator"),
+    EndReason.RESET: ("Flow session reset", "note"), EndReason.COMPLETED: ("Flow {flow} finished", "note"),
+    EndReason.RESTARTED: ("Flow {flow} restarted", "note"), EndReason.REPLACED: ("Flow {flow} replaced", "note"),
+    EndReason.INTERRUPTED: ("Flow {flow} left for another flow", "note"),
+    EndReason.CANCELLED: ("Flow {flow} cancelled by the user", "note"),
+    EndReason.STOPPED: ("The user opted out", "note"),
+    EndReason.INVALID: ("Flow {flow} ended: too many answers it could not use", "note"),
+    EndReason.FLOW_UNAVAILABLE: ("Flow {flow} ended: the flow is no longer active", "note"),
+    EndReason.LOOP: ("Flow {flow} ended: it looped without waiting for the user", "note"),
+    EndReason.HANDOVER_IDLE: ("The handover ended: nobody wrote for a long time", "expiry"),
 }
 ACTIONS = {
     "handover": ("The user asked for a person (flow {target})", "handover"),

@@ -9,7 +9,7 @@ from datetime import datetime
 from flask import g, has_request_context
 from markupsafe import Markup
 
-from crm.models import utcnow
+from crm.base.models import utcnow
 from integrations.whatsapp.inbound import describe
 
 log = logging.getLogger(__name__)

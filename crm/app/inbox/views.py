@@ -17,8 +17,8 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from crm.api import ApiError
-from crm.api.contacts import (
+from crm.app.api import ApiError
+from crm.app.api.contacts import (
     claim_conversation,
     reset_contact_session,
     resolve_conversation,
@@ -27,15 +27,15 @@ from crm.api.contacts import (
     start_contact_flow,
     update_contact_fields,
 )
-from crm.api.flows import MAX_FLOW_BYTES, flow_dict, get_flow, set_flow_active, upload_flow_source
+from crm.app.api.flows import MAX_FLOW_BYTES, flow_dict, get_flow, set_flow_active, upload_flow_source
 from crm.app.auth import admin_only, page_headers, require_operator
 from crm.app.inbox import bp, queries
 from crm.app.inbox.message_templates import TemplateInputError, approved_templates, find_template
 from crm.app.inbox.render import ago, clock, iso, message_view, ticks, when
+from crm.base.extensions import db
+from crm.base.models import SERVICE_WINDOW, Contact, utcnow
 from crm.base.operators import AccountError, AuditEvent, Operator, OperatorToken, audit, check_password, issue_token
-from crm.extensions import db
-from crm.models import SERVICE_WINDOW, Contact, utcnow
-from flows.jobs import open_session
+from crm.replies.sessions import open_session
 from flows.models import Flow
 
 FIELD_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -60,6 +60,8 @@ def conversation_link() -> tuple[str, str]:
     return url_for("inbox.index") + "c/", f"?{query}" if query else ""
 
 
+bp.add_app_template_global({"flow": "bot", "consent": "bot", "expiry": "expiry notice", "football": "football",
+                            "system": "system"}, "ORIGINS")
 bp.add_app_template_filter(ago, "ago")
 bp.add_app_template_filter(clock, "clock")
 bp.add_app_template_filter(iso, "iso")
