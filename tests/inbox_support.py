@@ -59,7 +59,7 @@ def contact_id(app, wa_id: str) -> int:
 
 def install_templates(app, rows: list[dict] = TEMPLATES) -> None:
     """Approved templates for the picker: in the template store when it is installed, else in the
-    stand-in table the inbox reads until then."""
+    stand-in table the inbox reads until then (drop it with ``remove_templates``)."""
     from crm.app.inbox.message_templates import STAND_IN
     from crm.base.extensions import db
 
@@ -77,3 +77,14 @@ def install_templates(app, rows: list[dict] = TEMPLATES) -> None:
             db.session.execute(delete(STAND_IN))
             db.session.execute(STAND_IN.insert(), rows)
         db.session.commit()
+
+
+def remove_templates(app) -> None:
+    """Drop the stand-in table (it is not part of the migrated schema)."""
+    from crm.app.inbox.message_templates import STAND_IN, from_store
+    from crm.base.extensions import db
+
+    if from_store is None:
+        with app.app_context():
+            db.session.remove()
+            STAND_IN.drop(db.engine, checkfirst=True)

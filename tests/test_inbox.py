@@ -24,6 +24,7 @@ from tests.inbox_support import (
     login,
     make_operator,
     post_form,
+    remove_templates,
     say,
 )
 
@@ -413,8 +414,14 @@ def test_take_over_from_the_bot(inbox_app, graph):
 
 
 # -- the reply box outside the 24-hour window -----------------------------------------------------------
-def test_outside_the_window_only_templates_with_parameters(inbox_app, graph):
+@pytest.fixture
+def templates(inbox_app):
     install_templates(inbox_app)
+    yield TEMPLATES
+    remove_templates(inbox_app)
+
+
+def test_outside_the_window_only_templates_with_parameters(inbox_app, graph, templates):
     say(inbox_app, "27600", "hi")
     cid = contact_id(inbox_app, "27600")
     with inbox_app.app_context():

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -18,8 +21,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from rq import Worker
 
-from tests.helpers import PNID, envelope, free_port, import_examples, message, sign, spawn_workers
+from tests.helpers import PNID, ROOT, envelope, free_port, import_examples, message, sign
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -54,6 +58,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = make_server("127.0.0.1", self.port, app, threaded=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.workers: list = []
 
     def webhook(self, wa_id: str, text: str, name: str = "Ana") -> None:
         """A user's message, posted to the running app exactly as Meta does (signed)."""
@@ -62,14 +67,44 @@ class LiveServer:
             "Content-Type": "application/json", "X-Hub-Signature-256": sign(body)})
         assert response.status_code == 200, response.text
 
-    def wait_for(self, check, timeout: float = 20.0, what: str = "condition"):
+    def wait_for(self, check, timeout: float = 30.0, what: str = "condition"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = check()
             if value:
                 return value
             time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}")
+        dead = [p.stderr.read().decode()[-2000:] for p in self.workers if p.poll() is not None]
+        raise AssertionError(f"timed out waiting for {what}" + (f"; the worker died: {dead}" if dead else ""))
+
+
+def start_worker(app) -> subprocess.Popen:
+    """A reply worker process (as ``spawn_workers`` starts them) in its own process group: RQ's
+    worker forks its scheduler and starts it again when it stops, so the whole group is ended
+    at the end, or a scheduler left behind would keep serving this Redis in the next test."""
+    env = {**os.environ, **app.config["TEST_ENV"], "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "crm.app.worker", "high", "default"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the worker's process group (the worker and what it forked), SIGKILL if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        deadline = time.monotonic() + wait  # the group may outlive its leader for a moment
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -80,15 +115,13 @@ def live(make_app, graph):
     import_examples(app)
     server = LiveServer(app, graph)
     server.thread.start()
-    workers = spawn_workers(app, 1, burst=False)
+    server.workers = [start_worker(app)]
+    # the worker process imports the app first: on a busy machine that takes a while
+    server.wait_for(lambda: Worker.count(connection=app.extensions["redis"]) >= 1, timeout=90,
+                    what="the RQ worker to start")
     yield server
-    for proc in workers:
-        proc.terminate()
-    for proc in workers:
-        try:
-            proc.wait(10)
-        except Exception:  # noqa: BLE001
-            proc.kill()
+    for proc in server.workers:
+        stop_group(proc)
     server.server.shutdown()
     server.thread.join(10)
 

@@ -151,7 +151,9 @@ def approved_templates() -> list[TemplateInfo]:
         rows = db.session.execute(select(STAND_IN).where(STAND_IN.c.status == "APPROVED")).all()
     else:
         rows = []
-    out = [TemplateInfo(r.name, r.language, r.category or "", list(r.components or [])) for r in rows]
+    # a template known only from a status webhook has no components yet: its parameters are unknown
+    out = [TemplateInfo(r.name, r.language, r.category or "", list(r.components)) for r in rows
+           if r.components is not None]
     return sorted(out, key=lambda t: (t.name, t.language))
 
 
