@@ -70,6 +70,8 @@ KEY_FAMILIES = {
     "apology": keys.apology,
     "turn_failures": keys.turn_failures,
     "sync_lock": lambda i: keys.sync_lock(str(i)),
+    "operator_session": lambda i: keys.operator_session(str(i)),
+    "login_failures": lambda i: keys.login_failures(str(i), "127.0.0.1"),
 }
 
 
@@ -104,7 +106,8 @@ def test_different_ids_get_different_keys(family):
 
 
 TTLS = ["RESULT_TTL", "FAILURE_TTL", "CONTACT_JOB_TIMEOUT", "SEEN_TTL", "QUEUED_TTL", "LOCK_TTL_MS",
-        "OPERATOR_LOCK_TTL_MS", "SYNC_LOCK_TTL", "APOLOGY_TTL", "TURN_FAILURES_TTL"]
+        "OPERATOR_LOCK_TTL_MS", "SYNC_LOCK_TTL", "APOLOGY_TTL", "TURN_FAILURES_TTL", "OPERATOR_SESSION_TTL",
+        "LOGIN_FAILURES_MAX", "LOGIN_LOCKOUT_TTL"]
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, id=f"{n} is a positive whole number") for n in TTLS])
