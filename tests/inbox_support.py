@@ -58,33 +58,11 @@ def contact_id(app, wa_id: str) -> int:
 
 
 def install_templates(app, rows: list[dict] = TEMPLATES) -> None:
-    """Approved templates for the picker: in the template store when it is installed, else in the
-    stand-in table the inbox reads until then (drop it with ``remove_templates``)."""
-    from crm.app.inbox.message_templates import STAND_IN
+    """Templates in the template store, as a sync would leave them."""
     from crm.base.extensions import db
+    from crm.base.templates import MessageTemplate
 
     with app.app_context():
-        try:
-            from crm.base.templates import MessageTemplate  # the template store, once merged
-        except ImportError:
-            MessageTemplate = None  # noqa: N806
-        if MessageTemplate is not None:
-            db.session.execute(delete(MessageTemplate))
-            for row in rows:
-                db.session.add(MessageTemplate(**row))
-        else:
-            STAND_IN.create(db.engine, checkfirst=True)
-            db.session.execute(delete(STAND_IN))
-            db.session.execute(STAND_IN.insert(), rows)
+        db.session.execute(delete(MessageTemplate))
+        db.session.add_all([MessageTemplate(**row) for row in rows])
         db.session.commit()
-
-
-def remove_templates(app) -> None:
-    """Drop the stand-in table (it is not part of the migrated schema)."""
-    from crm.app.inbox.message_templates import STAND_IN, from_store
-    from crm.base.extensions import db
-
-    if from_store is None:
-        with app.app_context():
-            db.session.remove()
-            STAND_IN.drop(db.engine, checkfirst=True)

@@ -24,7 +24,6 @@ from tests.inbox_support import (
     login,
     make_operator,
     post_form,
-    remove_templates,
     say,
 )
 
@@ -414,14 +413,8 @@ def test_take_over_from_the_bot(inbox_app, graph):
 
 
 # -- the reply box outside the 24-hour window -----------------------------------------------------------
-@pytest.fixture
-def templates(inbox_app):
+def test_outside_the_window_only_templates_with_parameters(inbox_app, graph):
     install_templates(inbox_app)
-    yield TEMPLATES
-    remove_templates(inbox_app)
-
-
-def test_outside_the_window_only_templates_with_parameters(inbox_app, graph, templates):
     say(inbox_app, "27600", "hi")
     cid = contact_id(inbox_app, "27600")
     with inbox_app.app_context():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -19,7 +18,6 @@ from tests.inbox_support import (
     contact_id,
     install_templates,
     make_operator,
-    remove_templates,
 )
 
 WAIT = 20  # seconds; the page polls every 3
@@ -137,19 +135,13 @@ def test_handover_claim_answer_resolve(live, browser, shoot):
     shoot(bo, "audit")
 
 
-@pytest.fixture
-def templates(live):
-    install_templates(live.app, TEMPLATES)
-    yield TEMPLATES
-    remove_templates(live.app)
-
-
-def test_outside_the_window_templates_flows_and_account(live, browser, shoot, templates):
+def test_outside_the_window_templates_flows_and_account(live, browser, shoot):
     from crm.base.extensions import db
     from crm.base.models import Contact, utcnow
 
     app, graph = live.app, live.graph
     make_operator(app, "Ada", "admin")
+    install_templates(app, TEMPLATES)
     live.webhook("27910", "hi", name="Jonas")
     live.wait_for(lambda: graph.texts("27910"), what="the bot's menu")
     cid = contact_id(app, "27910")

@@ -1,8 +1,9 @@
 """Approved message templates for the reply box, and the send components built from a form.
 
-``approved_templates()`` is the one place the inbox reads templates from: the template store's
-``crm.base.templates.approved_templates()`` when it is installed, else the
-``message_templates`` table read directly (same columns), else none.
+``approved_templates()`` is the one place the inbox reads templates from: the template store
+(``crm.base.templates``, filled by ``flask --app wsgi templates sync``). A send of the chosen
+template still goes through the operator API's send path, which checks it against the store
+(``require_approved``) like every other template send.
 
 Parameters: ``{{1}}`` (positional) or ``{{name}}`` (named) placeholders in a TEXT header, the
 body, and URL buttons; a media header (IMAGE, VIDEO, DOCUMENT) takes a link. Values are
@@ -15,27 +16,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, inspect, select
-
-from crm.base.extensions import db
-
-try:  # the template store (crm.base.templates), once it is installed
-    from crm.base.templates import approved_templates as from_store
-except ImportError:
-    from_store = None
+from crm.base.templates import approved_templates as stored_templates
 
 PLACEHOLDER = re.compile(r"{{\s*([A-Za-z0-9_]+)\s*}}")
 PARAM_MAX = 1024
 MEDIA_FORMATS = {"IMAGE": "image", "VIDEO": "video", "DOCUMENT": "document"}
-
-# The store's table as this module reads it until ``crm.base.templates`` is installed (kept off
-# db.metadata: it is not ours to migrate). Tests create it when the store is missing.
-STAND_IN = Table(
-    "message_templates", MetaData(),
-    Column("id", Integer, primary_key=True), Column("name", String(512)), Column("language", String(16)),
-    Column("category", String(32)), Column("status", String(32)), Column("components", JSON),
-)
-
 
 class TemplateInputError(ValueError):
     """A template choice or parameter the form cannot send (the message says which)."""
@@ -145,12 +130,7 @@ def check_value(label: str, value: str) -> None:
 
 def approved_templates() -> list[TemplateInfo]:
     """Approved templates, by name and language."""
-    if from_store is not None:
-        rows = from_store()
-    elif inspect(db.engine).has_table(STAND_IN.name):
-        rows = db.session.execute(select(STAND_IN).where(STAND_IN.c.status == "APPROVED")).all()
-    else:
-        rows = []
+    rows = stored_templates()
     # a template known only from a status webhook has no components yet: its parameters are unknown
     out = [TemplateInfo(r.name, r.language, r.category or "", list(r.components)) for r in rows
            if r.components is not None]

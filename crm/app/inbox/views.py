@@ -410,8 +410,10 @@ def flow_upload():
         raw, filename = upload.read(MAX_FLOW_BYTES + 1), upload.filename
     else:
         raw, filename = (request.form.get("source") or "").encode(), request.form.get("filename") or "upload"
-    name, version, outcome = upload_flow_source(raw, filename[:200])
+    name, version, outcome, warnings = upload_flow_source(raw, filename[:200])
     flash(f"Flow {name}: {outcome} (version {version}).")
+    for warning in warnings:  # e.g. a template the store does not know as approved
+        flash(f"Warning: {warning}")
     return redirect(url_for("inbox.flows"), 303)
 
 
