@@ -7,11 +7,9 @@ from sqlalchemy import select
 
 from crm.app.api import ApiError, bp, stamp
 from crm.base.extensions import db
-from flows.document import FlowDoc, FlowError, check_library, parse_flow
+from flows.document import MAX_FLOW_BYTES, FlowDoc, FlowError, check_library, parse_flow
 from flows.models import Flow
 from flows.store import bump_generation, import_flows
-
-MAX_FLOW_BYTES = 512 * 1024
 
 
 def flow_dict(flow: Flow, full: bool = False) -> dict:
