@@ -81,6 +81,9 @@ class Settings:
     operator_api_tokens: tuple[str, ...] = ()
     rq_dashboard_username: str = "admin"
     rq_dashboard_password: str = ""
+    rq_dashboard_allow_delete: bool = False
+    metrics_token: str = ""
+    metrics_public: bool = False
     log_level: str = "INFO"
     rq_log_level: str = "WARNING"
     metrics_push_seconds: float = 5.0
@@ -151,6 +154,14 @@ class Settings:
                 raise ConfigError(f"{name.upper()}={value!r} must be DEBUG, INFO, WARNING or ERROR")
             return value
 
+        def flag(name: str) -> bool:
+            value = get(name).lower()
+            if value == "":
+                return default(name)
+            if value not in ("0", "1", "true", "false", "yes", "no"):
+                raise ConfigError(f"{name.upper()}={value!r} must be 1 or 0")
+            return value in ("1", "true", "yes")
+
         database_url = normalize_database_url(get("database_url") or f"sqlite:///{DEFAULT_SQLITE_PATH}")
         if not database_url.startswith(("sqlite", "postgresql")):
             raise ConfigError("DATABASE_URL must be a sqlite:// or postgres(ql):// URL")
@@ -205,6 +216,9 @@ class Settings:
             operator_api_tokens=tuple(t.strip() for t in get("operator_api_tokens").split(",") if t.strip()),
             rq_dashboard_username=text("rq_dashboard_username"),
             rq_dashboard_password=get("rq_dashboard_password"),
+            rq_dashboard_allow_delete=flag("rq_dashboard_allow_delete"),
+            metrics_token=get("metrics_token"),
+            metrics_public=flag("metrics_public"),
             log_level=log_level("log_level"),
             rq_log_level=log_level("rq_log_level"),
             metrics_push_seconds=number("metrics_push_seconds", minimum=0),
