@@ -81,9 +81,21 @@ def _charge(*values: Any) -> None:
     budget = _budget.get()
     if budget is None:
         return
-    budget.steps += 1 + sum(_size(v) for v in values) // CHARS_PER_STEP
+    size = 0
+    for value in values:
+        if isinstance(value, _SIZED):
+            size += len(value)
+    budget.steps += 1 + size // CHARS_PER_STEP
     if budget.steps > MAX_STEPS:
         raise TemplateLimitError(f"the template does too much work (more than {MAX_STEPS} steps)")
+
+
+def _tick() -> None:
+    budget = _budget.get()
+    if budget is not None:
+        budget.steps += 1
+        if budget.steps > MAX_STEPS:
+            raise TemplateLimitError(f"the template does too much work (more than {MAX_STEPS} steps)")
 
 
 def _limit(value: Any, what: str = "value") -> Any:
@@ -185,11 +197,16 @@ def _filter_checks(name: str, args: tuple, kwargs: dict) -> None:
         _expect_at_most(rest[0] if rest else kwargs.get("width"), MAX_VALUE, "width")
 
 
+CHECKED_FILTERS = frozenset({"center", "indent", "replace", "format", "batch", "slice", "join", "wordwrap"})
+
+
 def _bounded_filter(name: str, fn):
+    checked = name in CHECKED_FILTERS
+
     def bounded(*args, **kwargs):
-        sized = [a for a in args[:2] if isinstance(a, _SIZED)]  # the value (maybe after a context)
-        _charge(*sized)
-        _filter_checks(name, tuple(a for a in args if not _is_jinja_context(a)), kwargs)
+        _charge(*args[:2])  # the value (after a context, for the filters that take one)
+        if checked:
+            _filter_checks(name, tuple(a for a in args if not _is_jinja_context(a)), kwargs)
         result = fn(*args, **kwargs)
         _charge(result)
         return _limit(result, f"the result of '{name}'")
@@ -239,7 +256,7 @@ def _bounded_range(*args: Any) -> range:
 
 def _bounded_loop(iterable: Any):
     for item in iterable:
-        _charge()
+        _tick()
         yield item
 
 
@@ -338,15 +355,18 @@ def render(template, context: dict) -> tuple[str, bool]:
     try:
         parts: list[str] = []
         size, cut = 0, False
-        stream = template.generate(context)
+        # Template.generate without its per-chunk wrapper: the same calls, fewer frames.
+        stream = template.root_render_func(template.new_context(context))
         try:
             for chunk in stream:
-                if size + len(chunk) > MAX_OUTPUT:
-                    parts.append(chunk[: MAX_OUTPUT - size])
+                size += len(chunk)
+                if size > MAX_OUTPUT:
+                    parts.append(chunk[: len(chunk) - (size - MAX_OUTPUT)])
                     cut = True
                     break
                 parts.append(chunk)
-                size += len(chunk)
+        except Exception:  # noqa: BLE001 - re-raised by Jinja with the template's line numbers
+            template.environment.handle_exception()
         finally:
             stream.close()
         return "".join(parts), cut

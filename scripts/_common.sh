@@ -72,3 +72,13 @@ if sys.argv[1].startswith("rediss://") and os.environ.get("REDIS_TLS_VERIFY", "1
 redis.Redis.from_url(sys.argv[1], **kwargs).ping()
 PY
 }
+
+ensure_browser() {  # Debian's chromium + chromium-driver for the page tests (root only; else they skip)
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's chromium and chromium-driver ..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null \
+      || echo "warning: chromium could not be installed; the browser tests will be skipped"
+  fi
+  return 0
+}

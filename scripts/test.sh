@@ -6,6 +6,7 @@
 source "$(dirname "$0")/_common.sh"
 ensure_venv requirements-dev.txt
 ensure_redis_server_binary || { echo "error: the tests need redis-server: apt-get install redis-server"; exit 1; }
+ensure_browser
 ruff check .
 lint-imports --no-cache   # the one-way layers of docs/architecture.md (.importlinter)
 mypy                      # the pure modules (mypy.ini)

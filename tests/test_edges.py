@@ -301,6 +301,18 @@ def test_job_timeouts_pass_through_templates_and_actions():
         e.handle(e.Library([flow]), e.Session(), e.Inbound(text="go"), {"fields": {}}, actions={"slow": slow_action})
 
 
+def test_the_engine_stays_pure():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys, flows.engine, flows.document, flows.templating; "
+            "print([m for m in ('rq', 'sqlalchemy', 'flask', 'redis', 'psycopg') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def slow_turn() -> str:
     """An RQ job: a flow turn whose action runs past the job's timeout."""
     flow = parse_flow('name: a\ntriggers: {keywords: [go]}\nsteps:\n'
