@@ -221,19 +221,18 @@ def _is_jinja_context(value: Any) -> bool:
     return isinstance(value, (Context, EvalContext, Environment))
 
 
-class _SpecCheck:
+class _BoundedFormatter(SandboxedFormatter):
     def format_field(self, value: Any, format_spec: str) -> str:
         _check_spec(format_spec)
         _charge(value)
         return _limit(super().format_field(value, format_spec), "a formatted field")
 
 
-class _BoundedFormatter(_SpecCheck, SandboxedFormatter):
-    pass
-
-
-class _BoundedEscapeFormatter(_SpecCheck, SandboxedEscapeFormatter):
-    pass
+class _BoundedEscapeFormatter(SandboxedEscapeFormatter):
+    def format_field(self, value: Any, format_spec: str) -> str:
+        _check_spec(format_spec)
+        _charge(value)
+        return _limit(super().format_field(value, format_spec), "a formatted field")
 
 
 # --- the environment ------------------------------------------------------------
@@ -273,13 +272,15 @@ class _Guards(NodeTransformer):
     """Every ``for`` iterates through the loop guard; every ``~`` goes through the concat guard."""
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
-        node = self.generic_visit(node)
-        node.iter = nodes.Call(nodes.Name(LOOP_GUARD, "load"), [node.iter], [], None, None, lineno=node.lineno)
-        return node
+        loop = self.generic_visit(node)
+        assert isinstance(loop, nodes.For)
+        loop.iter = nodes.Call(nodes.Name(LOOP_GUARD, "load"), [loop.iter], [], None, None, lineno=loop.lineno)
+        return loop
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
-        node = self.generic_visit(node)
-        return nodes.Call(nodes.Name(CONCAT, "load"), list(node.nodes), [], None, None, lineno=node.lineno)
+        concat = self.generic_visit(node)
+        assert isinstance(concat, nodes.Concat)
+        return nodes.Call(nodes.Name(CONCAT, "load"), list(concat.nodes), [], None, None, lineno=concat.lineno)
 
 
 class BoundedEnvironment(ImmutableSandboxedEnvironment):
@@ -340,7 +341,8 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             if name == "format_map":
                 if kwargs or len(args) != 1:
                     raise TypeError("format_map() takes exactly one mapping")
-                args, kwargs = (), args[0]
+                mapping = args[0]
+                args, kwargs = (), mapping
             return type(owner)(_limit(formatter.vformat(owner, args, kwargs), "a formatted text"))
 
         return bounded_format

@@ -4,20 +4,35 @@ and the monitoring pages (issue 14, input side)."""
 from __future__ import annotations
 
 import base64
+import datetime
+import decimal
 import json
 import logging
-import socket
+import shutil
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import select, text
+from werkzeug.serving import make_server
 
-from crm.extensions import db
-from crm.models import Contact, Message
+from crm.base.extensions import db, get_queue
+from crm.base.logs import JsonFormatter
+from crm.base.models import Contact, Message
 from flows import engine as e
 from flows.document import FlowError, parse_flow
-from tests.conftest import envelope, import_examples, message, post_webhook, run_worker, sign
+from flows.store import load_files
+from flows.templating import must_propagate
+from tests.helpers import ROOT, envelope, free_port, import_examples, message, post_webhook, run_worker, sign
 
 ECHO = """
 name: echo
@@ -159,9 +174,6 @@ steps:
   - {id: s, type: set, variables: {copy: "{{ message.text }}"}}
   - {id: q, type: question, text: "Next?", expect: any, save_as: answer}
 """, "act.yaml").doc
-    import datetime
-    import decimal
-
     def odd(params, context):
         return {"nan": float("nan"), "inf": float("-inf"), "nul": "a\x00b", "lone": "\ud800",
                 "when": datetime.date(2026, 1, 2), "dec": decimal.Decimal("NaN"), "set": {1},
@@ -276,10 +288,6 @@ class JobTimeout(Exception):
 
 
 def test_job_timeouts_pass_through_templates_and_actions():
-    from rq.timeouts import JobTimeoutException
-
-    from flows.templating import must_propagate
-
     assert must_propagate(JobTimeoutException("x")) and must_propagate(KeyboardInterrupt())
     assert not must_propagate(ValueError("x"))
 
@@ -302,11 +310,6 @@ def test_job_timeouts_pass_through_templates_and_actions():
 
 
 def test_the_engine_stays_pure():
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     code = ("import sys, flows.engine, flows.document, flows.templating; "
             "print([m for m in ('rq', 'sqlalchemy', 'flask', 'redis', 'psycopg') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -331,8 +334,6 @@ def slow_turn() -> str:
 
 @pytest.mark.timeout(60)
 def test_a_real_rq_job_timeout_is_not_swallowed_by_the_engine(edge_app):
-    from crm.extensions import get_queue
-
     with edge_app.app_context():
         job = get_queue("default").enqueue(slow_turn, job_timeout=1)
     run_worker(edge_app, queues=("default",))
@@ -381,8 +382,6 @@ def test_flow_documents_have_a_size_cap(tmp_path):
         parse_flow(big, "big.yaml")
     assert "512 KiB" in info.value.problems[0]
     (tmp_path / "big.yaml").write_text(big)
-    from flows.store import load_files
-
     with pytest.raises(FlowError) as info:
         load_files([str(tmp_path)])
     assert "512 KiB" in info.value.problems[0] and "big.yaml" in info.value.problems[0]
@@ -453,8 +452,6 @@ def basic(user: str, password: str) -> dict:
 
 def failed_job(app, text: str):
     """A real RQ job that fails with ``text`` as its exception message."""
-    from crm.extensions import get_queue
-
     with app.app_context():
         job = get_queue("default").enqueue(fail_with, text, failure_ttl=600)
     run_worker(app, queues=("default",))
@@ -496,9 +493,6 @@ def test_dashboard_deletes_only_when_allowed(dash_app, make_app):
     allowed = make_app(OPERATOR_API_TOKENS=DASH_TOKEN, RQ_DASHBOARD_ALLOW_DELETE="1").test_client()
     response = allowed.post(f"/rq/job/{job.id}/delete", headers=ajax)
     assert response.status_code == 200 and response.json["status"] == "OK"
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job
-
     with pytest.raises(NoSuchJobError):
         Job.fetch(job.id, connection=dash_app.extensions["redis"])
 
@@ -518,11 +512,7 @@ XSS = "<img src=x onerror=alert(1)>"
 
 @pytest.fixture
 def live_server(dash_app):
-    from werkzeug.serving import make_server
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = make_server("127.0.0.1", port, dash_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -533,13 +523,8 @@ def live_server(dash_app):
 
 @pytest.fixture
 def browser():
-    import shutil
-
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("Debian's chromium and chromium-driver are needed (scripts/test.sh installs them as root)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
@@ -551,9 +536,6 @@ def browser():
 
 @pytest.mark.timeout(120)
 def test_job_page_shows_exception_text_as_text_in_a_real_browser(dash_app, live_server, browser):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
     job = failed_job(dash_app, XSS)
     assert XSS in job.latest_result().exc_string
     browser.execute_cdp_cmd("Network.enable", {})
@@ -585,11 +567,7 @@ def test_metrics_need_a_token_unless_public(make_app, graph):
 
 
 def test_sql_parameters_never_reach_a_log_line(edge_app, capsys):
-    from datetime import datetime
-
-    from crm.logs import JsonFormatter
-
-    secret_phone, secret_text, now = "+15557654321", "my secret answer", datetime(2026, 1, 1)
+    secret_phone, secret_text, now = "+15557654321", "my secret answer", datetime.datetime(2026, 1, 1)
     with edge_app.app_context():
         db.session.execute(text("INSERT INTO contacts (wa_id, custom_fields, opted_out, blocked, first_seen_at, "
                                 "last_seen_at) VALUES (:wa, '{}', false, false, :now, :now)"),

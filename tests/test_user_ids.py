@@ -9,11 +9,11 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from crm.extensions import db
-from crm.models import Contact, Message
+from crm.base.extensions import db
+from crm.base.models import Contact, Message
 from integrations.whatsapp import messages as wa
 from integrations.whatsapp.inbound import parse_webhook
-from tests.conftest import PNID, import_examples, post_webhook, run_worker
+from tests.helpers import PNID, import_examples, post_webhook, run_worker
 
 ECHO = """
 name: echo
