@@ -4,7 +4,7 @@ A WhatsApp user with a username may reach us without a phone number: the
 contact then has only a user id (BSUID). Contacts are matched user id first.
 
 Revision ID: 0004
-Revises: 0003
+Revises: 0006 (the newest on this branch; re-chained at merge)
 Create Date: 2026-12-01 10:00:00.000000
 
 """
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '0004'
-down_revision = '0003'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
