@@ -154,14 +154,6 @@ class Settings:
                 raise ConfigError(f"{name.upper()}={value!r} must be DEBUG, INFO, WARNING or ERROR")
             return value
 
-        def flag(name: str) -> bool:
-            value = get(name).lower()
-            if value == "":
-                return default(name)
-            if value not in ("0", "1", "true", "false", "yes", "no"):
-                raise ConfigError(f"{name.upper()}={value!r} must be 1 or 0")
-            return value in ("1", "true", "yes")
-
         database_url = normalize_database_url(get("database_url") or f"sqlite:///{DEFAULT_SQLITE_PATH}")
         if not database_url.startswith(("sqlite", "postgresql")):
             raise ConfigError("DATABASE_URL must be a sqlite:// or postgres(ql):// URL")
