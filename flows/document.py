@@ -3,26 +3,52 @@
 Errors name the file, the line, the step and the field at fault, e.g.::
 
     flows/examples/welcome.yaml:14: step 'menu' field 'options[0].next': unknown step 'nowhere'
+
+Loading is bounded work: a document is at most ``MAX_FLOW_BYTES``, YAML anchors and
+aliases are refused (a few hundred bytes of aliases expand to gigabytes), nesting is
+at most ``MAX_NESTING`` deep, and regex conditions compile with RE2, which matches in
+linear time (no backreferences or lookaround: such a pattern is refused here).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
+import re2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows.text import normalize
+from integrations.storable import clean_text
 from integrations.whatsapp import messages as wa
 
 NAME_RE = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 DEFAULT_EXPIRED = object()  # marker: the flow did not set expired_message
+MAX_FLOW_BYTES = 512 * 1024
+MAX_NESTING = 64
+
+
+@lru_cache(maxsize=1024)
+def condition_regex(pattern: str):
+    """A condition's pattern compiled with RE2 (linear-time matching), case-insensitive.
+
+    Raises ValueError naming what RE2 refused (backreferences, lookaround, huge repeats).
+    """
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"bad regex {pattern!r}: {reason} (conditions use RE2 syntax: "
+                         "no backreferences or lookaround)") from None
 
 
 class Strict(BaseModel):
@@ -140,10 +166,7 @@ class Condition(Strict):
     @classmethod
     def _compiles(cls, value):
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"bad regex {value!r}: {exc}") from None
+            condition_regex(value)
         return value
 
 
@@ -422,11 +445,37 @@ class FlowError(ValueError):
         super().__init__("\n".join(problems))
 
 
+class FlowLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases, and with nesting at most MAX_NESTING.
+
+    An alias makes the composed document a graph: walking it as a tree (as the line
+    bookkeeping does) is exponential, the "billion laughs". Flows do not need them.
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "YAML anchors and aliases (&name, *name) are not "
+                                              "allowed in flow documents", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_NESTING} levels deep",
+                                                  event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def _compose_lines(text: str, scalars: dict[tuple, str] | None = None) -> tuple[Any, dict[tuple, int]]:
     """Load YAML (or JSON, a subset of it) keeping the line of every value (and, into ``scalars``,
     the source text of every unquoted scalar: YAML reads `Yes` as true and `007` as 7)."""
     lines: dict[tuple, int] = {}
-    loader = yaml.SafeLoader("")
+    loader = FlowLoader("")
 
     def build(node, path):
         lines[path] = node.start_mark.line + 1
@@ -444,7 +493,7 @@ def _compose_lines(text: str, scalars: dict[tuple, str] | None = None) -> tuple[
             scalars[path] = node.value
         return loader.construct_object(node, deep=True)
 
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    node = yaml.compose(text, Loader=FlowLoader)
     return (build(node, ()) if node is not None else None), lines
 
 
@@ -539,8 +588,31 @@ def _pydantic_problem(err: Mapping[str, Any]) -> tuple[tuple, str]:
     return loc, msg
 
 
+def _unstorable(value: Any, path: tuple) -> tuple | None:
+    """The path of the first string (key or value) that a database cannot store, if any."""
+    if isinstance(value, str):
+        return path if clean_text(value) != value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and clean_text(key) != key:
+                return path
+            found = _unstorable(item, path + (key,))
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unstorable(item, path + (i,))
+            if found is not None:
+                return found
+    return None
+
+
 def parse_flow(text: str, filename: str = "<flow>") -> LoadedFlow:
     """Parse and validate one flow document. Raises FlowError with every problem found."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_FLOW_BYTES:
+        raise FlowError([f"{filename}:1: the document is {size} bytes; a flow may be at most "
+                         f"{MAX_FLOW_BYTES // 1024} KiB"])
     fmt = "json" if filename.endswith(".json") or text.lstrip().startswith("{") else "yaml"
     try:
         if fmt == "json":
@@ -548,10 +620,17 @@ def parse_flow(text: str, filename: str = "<flow>") -> LoadedFlow:
         data, lines = _compose_lines(text)
     except json.JSONDecodeError as exc:
         raise FlowError([f"{filename}:{exc.lineno}: not valid JSON at column {exc.colno}: {exc.msg}"]) from None
+    except RecursionError:
+        raise FlowError([f"{filename}:1: nested more than {MAX_NESTING} levels deep"]) from None
     except yaml.YAMLError as exc:
         raise FlowError([_yaml_problem(exc, filename)]) from None
     if not isinstance(data, dict):
         raise FlowError([f"{filename}:1: a flow document is a mapping with name, triggers, settings and steps"])
+    bad = _unstorable(data, ())
+    if bad is not None:
+        path, line = _where(data, bad, lines)
+        raise FlowError([f"{filename}:{line or 1}: {_describe(data, path)}: text holds a NUL character or an "
+                         "unpaired surrogate, which cannot be stored"])
     try:
         doc = FlowDoc.model_validate(data)
     except ValidationError as exc:

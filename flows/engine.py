@@ -6,6 +6,10 @@ returns the new session state, the WhatsApp message objects to send (in
 order) and the side effects for the caller to perform (contact field updates,
 opt-out, handover). No database, Redis or HTTP here; actions that need I/O
 are callables the caller passes in.
+
+Everything the engine saves (answers, set variables, action results, contact
+fields) goes through ``integrations.storable.storable`` first, so a turn can
+always be committed; templates render with bounded work (``flows.templating``).
 """
 
 from __future__ import annotations
@@ -16,14 +20,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import ChainableUndefined
-from jinja2.sandbox import SandboxedEnvironment
-
 from crm.base.config import Settings
 from crm.base.enums import EndReason, SessionStatus
 from flows import document as d
 from flows import events as ev
+from flows import templating
 from flows.text import is_email, is_phone, normalize, parse_date, parse_number
+from integrations.storable import clean_text, storable
 from integrations.whatsapp import messages as wa
 
 MAX_STEPS_PER_TURN = 100
@@ -130,12 +133,9 @@ class Library:
 
 # --- templating -------------------------------------------------------------
 
-_env = SandboxedEnvironment(autoescape=False, undefined=ChainableUndefined, keep_trailing_newline=True)
-
-
 @lru_cache(maxsize=4096)
 def _compile(source: str):
-    return _env.from_string(source)
+    return templating.environment.from_string(source)
 
 
 class Renderer:
@@ -152,10 +152,16 @@ class Renderer:
         context = {**self.session.vars, "vars": self.session.vars, "contact": self.contact,
                    "message": self.message}
         try:
-            return _compile(source).render(context)
+            text, cut = templating.render(_compile(source), context)
         except Exception as exc:  # a template bug must not kill the turn
-            self.errors.append(ev.FlowFailed({"template": source[:200], "error": str(exc)}))
+            if templating.must_propagate(exc):  # a job timeout is not a template bug
+                raise
+            self.errors.append(ev.FlowFailed({"template": source[:200], "error": str(exc)[:500]}))
             return ""
+        if cut:
+            self.errors.append(ev.FlowFailed({"template": source[:200], "error":
+                                              f"output longer than {templating.MAX_OUTPUT} characters: cut"}))
+        return text
 
     def value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -282,9 +288,9 @@ class _Run:
                 return
             elif isinstance(step, d.SetStep):
                 for name, value in step.variables.items():
-                    s.vars[name] = self.render.value(value)
+                    s.vars[name] = storable(self.render.value(value))
                 for name, value in step.contact_fields.items():
-                    rendered = self.render.value(value)
+                    rendered = storable(self.render.value(value))
                     self.contact["fields"][name] = rendered
                     self.turn.events.append(ev.FieldSet(name, rendered))
                 step_id = self.library.next_of(flow, step)
@@ -325,16 +331,19 @@ class _Run:
                 raise LookupError(f"no action named {step.action!r}")
             result = fn(params, {"contact": self.contact, "vars": self.session.vars})
         except Exception as exc:  # actions are outside code
-            self.turn.events.append(ev.FlowFailed({"action": step.action, "error": str(exc)}))
+            if templating.must_propagate(exc):  # a job timeout is not the action's failure
+                raise
+            self.turn.events.append(ev.FlowFailed({"action": step.action, "error": str(exc)[:500]}))
             if step.save_as:
                 self.session.vars[step.save_as] = None
             return step.on_error or self.library.next_of(flow, step)
-        if isinstance(result, dict) and "contact_fields" in result:
-            for name, value in result.pop("contact_fields").items():
+        if isinstance(result, dict) and isinstance(result.get("contact_fields"), Mapping):
+            result = dict(result)
+            for name, value in storable(result.pop("contact_fields")).items():
                 self.contact["fields"][name] = value
                 self.turn.events.append(ev.FieldSet(name, value))
         if step.save_as:
-            self.session.vars[step.save_as] = result
+            self.session.vars[step.save_as] = storable(result)
         return self.library.next_of(flow, step)
 
     # questions
@@ -394,9 +403,9 @@ class _Run:
         ok, value, chosen = self.validate(step)
         if ok:
             if step.save_as:
-                s.vars[step.save_as] = value
+                s.vars[step.save_as] = storable(value)
                 if chosen is not None:
-                    s.vars[f"{step.save_as}_title"] = chosen["title"]
+                    s.vars[f"{step.save_as}_title"] = storable(chosen["title"])
             s.waiting = None
             self.run(flow, (chosen or {}).get("next") or self.library.next_of(flow, step))
             return
@@ -479,7 +488,7 @@ class _Run:
             needle = normalize(self.render(cond.contains))
             if not needle or f" {needle} " not in f" {normalize(text)} ":
                 return False
-        if cond.regex is not None and not _regex(cond.regex).fullmatch(text.strip()):
+        if cond.regex is not None and not d.condition_regex(cond.regex).fullmatch(clean_text(text.strip())):
             return False
         if any(v is not None for v in (cond.lt, cond.lte, cond.gt, cond.gte, cond.eq)):
             number = parse_number(subject)
@@ -515,11 +524,6 @@ def _lookup(data: Mapping, dotted: str) -> Any:
         else:
             return None
     return value
-
-
-@lru_cache(maxsize=1024)
-def _regex(pattern: str) -> re.Pattern:
-    return re.compile(pattern, re.IGNORECASE)
 
 
 def _clip(text: str | None, limit: int) -> str | None:

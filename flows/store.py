@@ -12,6 +12,7 @@ from crm.base.extensions import db, get_redis
 from crm.base.models import utcnow
 from crm.base.templates import SYNC_COMMAND, TemplateRefused, require_approved, store_is_empty
 from flows.document import (
+    MAX_FLOW_BYTES,
     FlowDoc,
     FlowError,
     LoadedFlow,
@@ -37,9 +38,15 @@ def load_files(paths: list[str]) -> list[LoadedFlow]:
         raise FlowError([f"no .yaml, .yml or .json flow files in {', '.join(paths)}"])
     for path in files:
         try:
+            if path.stat().st_size > MAX_FLOW_BYTES:  # not read at all
+                problems.append(f"{path}:1: the file is {path.stat().st_size} bytes; a flow may be at most "
+                                f"{MAX_FLOW_BYTES // 1024} KiB")
+                continue
             loaded.append(parse_flow(path.read_text(encoding="utf-8"), str(path)))
         except FlowError as exc:
             problems += exc.problems
+        except UnicodeDecodeError:
+            problems.append(f"{path}:1: not UTF-8 text")
         except OSError as exc:
             problems.append(f"{path}: cannot read: {exc.strerror}")
     names: dict[str, str] = {}

@@ -5,6 +5,7 @@ Pure functions, shared by the flow definition (keyword clashes) and the engine (
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from datetime import date, datetime
@@ -27,17 +28,23 @@ def normalize(text: str | None) -> str:
 
 
 def parse_number(text: Any) -> float | None:
+    """A finite number, or None: 'NaN', 'inf' and '1e999' are not answers to a number question."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
+        try:
+            number = float(text)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
     if not isinstance(text, str):
         return None
     cleaned = text.strip().replace(" ", "")
     if cleaned.count(",") == 1 and "." not in cleaned:
         cleaned = cleaned.replace(",", ".")
     try:
-        return float(cleaned)
+        number = float(cleaned)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None
 
 
 def parse_date(text: str | None) -> date | None:

@@ -294,14 +294,14 @@ def metric(text: str, name: str, **labels) -> float:
 
 
 def test_metrics_move(api_app, client, graph):
-    before = client.get("/metrics").get_data(as_text=True)
+    before = client.get("/metrics", headers=AUTH).get_data(as_text=True)
     wamid = "wamid.metrics.dup"
     for _ in range(2):
         post_webhook(client, envelope([message("26800", body="hi", wamid=wamid)]))
     client.post("/webhooks/whatsapp", data=b"{}", content_type="application/json",
                 headers={"X-Hub-Signature-256": "sha256=bad"})
     run_worker(api_app)
-    after = client.get("/metrics").get_data(as_text=True)
+    after = client.get("/metrics", headers=AUTH).get_data(as_text=True)
     assert metric(after, "crm_webhook_requests_total", outcome="ok") - metric(before, "crm_webhook_requests_total",
                                                                                outcome="ok") == 2
     assert metric(after, "crm_webhook_requests_total", outcome="bad_signature") > metric(

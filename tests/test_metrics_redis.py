@@ -27,9 +27,12 @@ def database_url(sqlite_url):
     return sqlite_url
 
 
+SCRAPE_TOKEN = "metrics-scrape-token"  # /metrics wants a bearer token
+
+
 @pytest.fixture
 def mapp(make_app, graph):
-    return make_app(METRICS_PUSH_SECONDS=PUSH)
+    return make_app(METRICS_PUSH_SECONDS=PUSH, METRICS_TOKEN=SCRAPE_TOKEN)
 
 
 def child(app, requests: int, latencies: str = "", multiproc_dir=None, hang: bool = False) -> subprocess.Popen:
@@ -49,7 +52,7 @@ def finish(proc: subprocess.Popen) -> None:
 
 
 def scrape(app) -> str:
-    response = app.test_client().get("/metrics")
+    response = app.test_client().get("/metrics", headers={"Authorization": f"Bearer {SCRAPE_TOKEN}"})
     assert response.status_code == 200
     return response.get_data(as_text=True)
 
@@ -143,10 +146,10 @@ def test_an_instance_retired_while_alive_counts_nothing_twice(mapp):
 def test_without_redis_metrics_shows_this_host(make_app, graph):
     make_app()
     metrics.SESSIONS_EXPIRED.inc()
-    down = make_app(REDIS_URL="redis://127.0.0.1:1/0", METRICS_PUSH_SECONDS=PUSH)
+    down = make_app(REDIS_URL="redis://127.0.0.1:1/0", METRICS_PUSH_SECONDS=PUSH, METRICS_TOKEN=SCRAPE_TOKEN)
     text = scrape(down)
     assert metric(text, "crm_sessions_expired_total") >= 1
-    off = make_app(METRICS_PUSH_SECONDS=0)
+    off = make_app(METRICS_PUSH_SECONDS=0, METRICS_TOKEN=SCRAPE_TOKEN)
     assert metric(scrape(off), "crm_sessions_expired_total") >= 1
     with off.app_context():
         assert off.extensions["redis"].exists(ms.KEY_INSTANCES) == 0  # the store is off: nothing written

@@ -11,7 +11,7 @@ from dataclasses import replace
 import click
 from flask import current_app
 from flask.cli import AppGroup
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from crm.base.enums import OPEN_STATUSES
 from crm.base.extensions import db
@@ -94,7 +94,8 @@ def sessions_list_cmd():
     """Show open sessions with their idle time."""
     now = utcnow()
     rows = db.session.execute(
-        select(FlowSession, Contact.wa_id).join(Contact, Contact.id == FlowSession.contact_id)
+        select(FlowSession, func.coalesce(Contact.wa_id, Contact.user_id))
+        .join(Contact, Contact.id == FlowSession.contact_id)
         .where(FlowSession.status.in_(OPEN_STATUSES)).order_by(FlowSession.last_activity_at)
     ).all()
     for s, wa_id in rows:

@@ -26,7 +26,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         SQLALCHEMY_DATABASE_URI=settings.database_url,
         # A server may drop idle connections; an SQLite file cannot (and a ping per checkout
         # costs the webhook a round trip).
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": not settings.database_url.startswith("sqlite")},
+        # Statement parameters are personal data (phone numbers, what people wrote): never in
+        # an exception's text, so never in a log line.
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": not settings.database_url.startswith("sqlite"),
+                                   "hide_parameters": True},
         MIGRATIONS_DIR=PROJECT_ROOT / "migrations",
         MAX_CONTENT_LENGTH=1024 * 1024,
         JSON_SORT_KEYS=False,
@@ -41,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.whatsapp_verify_token,
         settings.apifootball_key,
         settings.rq_dashboard_password,
+        settings.metrics_token,
         *settings.operator_api_tokens,
     )
     extensions.init_app(app)

@@ -2,7 +2,11 @@
 
 POST order: signature on the raw body, then JSON, then shape. Only a failure to
 *store* an event answers 5xx (Meta re-delivers it); anything we can read but do
-not understand answers 200 with a warning in the log.
+not understand answers 200 with a warning in the log. Every input costs bounded
+work: the body is at most ``MAX_BODY`` bytes, the signature is compared as bytes
+(any header answers 401, never 500), JSON nested deeper than ``MAX_DEPTH`` or not
+JSON per RFC 8259 (``NaN``, ``Infinity``) answers 400, and what the parser returns
+is storable as it is (``integrations.whatsapp.inbound``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 
 from flask import Blueprint, abort, request
@@ -27,13 +32,53 @@ bp = Blueprint("whatsapp_webhook", __name__)
 OUTAGES = OutageLog(log)
 
 MAX_BODY = 1024 * 1024
+MAX_DEPTH = 64  # Meta's envelopes nest about 8 deep
 
 
 def valid_signature(secret: str, body: bytes, header: str | None) -> bool:
+    """HMAC-SHA256 of the raw body, compared as bytes: a header with any characters is just wrong."""
     if not header or not header.startswith("sha256="):
         return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header[len("sha256="):].strip())
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
+    return hmac.compare_digest(expected, header[len("sha256="):].strip().encode("utf-8", "replace"))
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not a JSON number (RFC 8259)")
+
+
+def _number(text: str) -> float | str:
+    """A JSON number too large for a float (1e400) stays its text: infinity cannot be stored."""
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
+def parse_json(body: bytes):
+    """The body as JSON per RFC 8259, nested at most MAX_DEPTH deep. Raises ValueError."""
+    try:
+        payload = json.loads(body, parse_constant=_not_json, parse_float=_number)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if nesting_exceeds(payload, MAX_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    return payload
+
+
+def nesting_exceeds(value, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 @bp.get("/webhooks/whatsapp")
@@ -83,9 +128,9 @@ def receive():
         log.warning("webhook signature missing or wrong", extra={"event": "webhook.bad_signature"})
         return {"error": "invalid signature"}, 401
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        log.warning("webhook body is not JSON", extra={"event": "webhook.bad_json"})
+        payload = parse_json(body)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
+        log.warning("webhook body is not JSON: %s", str(exc)[:200], extra={"event": "webhook.bad_json"})
         return {"error": "body is not JSON"}, 400
 
     parsed = parse_webhook(payload)

@@ -83,6 +83,9 @@ class Settings:
     rq_dashboard_password: str = ""
     secret_key: str = ""  # signs the inbox's session cookies (crm.app.auth); empty: instance/secret_key
     session_cookie_secure: bool = True
+    rq_dashboard_allow_delete: bool = False
+    metrics_token: str = ""
+    metrics_public: bool = False
     log_level: str = "INFO"
     rq_log_level: str = "WARNING"
     metrics_push_seconds: float = 5.0
@@ -213,6 +216,9 @@ class Settings:
             rq_dashboard_password=get("rq_dashboard_password"),
             secret_key=secret_key,
             session_cookie_secure=flag("session_cookie_secure"),
+            rq_dashboard_allow_delete=flag("rq_dashboard_allow_delete"),
+            metrics_token=get("metrics_token"),
+            metrics_public=flag("metrics_public"),
             log_level=log_level("log_level"),
             rq_log_level=log_level("rq_log_level"),
             metrics_push_seconds=number("metrics_push_seconds", minimum=0),

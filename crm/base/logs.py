@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
@@ -17,6 +18,16 @@ _CONTEXT_FIELDS = ("event", "contact_id", "job_id", "request_id", "operator", "f
 def register_secrets(*values: str) -> None:
     """Values that must never appear in a log line (tokens, app secret)."""
     _SECRETS.update(v for v in values if v and len(v) >= 4)
+
+
+# Statement parameters are hidden by SQLAlchemy (hide_parameters); PostgreSQL's own error
+# DETAIL line quotes the failing key or row ("Key (wa_id)=(+1555...) already exists").
+_PG_DETAIL = re.compile(r"^(DETAIL:\s+).+$", re.M)
+
+
+def hide_values(text: str) -> str:
+    """A database error's text without the stored values PostgreSQL quotes in it."""
+    return _PG_DETAIL.sub(r"\1(values hidden)", text) if "DETAIL:" in text else text
 
 
 def scrub(text: str) -> str:
@@ -53,7 +64,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": hide_values(record.getMessage()),
         }
         for key in _CONTEXT_FIELDS:
             value = getattr(record, key, None)
@@ -62,7 +73,7 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 entry[key] = value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = hide_values(self.formatException(record.exc_info))
         return scrub(json.dumps(entry, default=str))
 
 

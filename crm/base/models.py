@@ -25,8 +25,10 @@ class Contact(db.Model):
     __tablename__ = "contacts"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    wa_id: Mapped[str] = mapped_column(String(32), unique=True)
-    user_id: Mapped[str | None] = mapped_column(String(64))  # Meta's business-scoped user id
+    # A contact is known by its phone number, Meta's business-scoped user id (BSUID), or both;
+    # a user with a username may never show us a phone number. Matched user id first.
+    wa_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    user_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     profile_name: Mapped[str | None] = mapped_column(String(256))
     custom_fields: Mapped[dict] = mapped_column(JSON, default=dict)
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -51,6 +53,7 @@ def contact_context(contact) -> dict:
     return {
         "id": contact.id,
         "wa_id": contact.wa_id,
+        "user_id": getattr(contact, "user_id", None),
         "name": contact.profile_name or "",
         "fields": dict(contact.custom_fields or {}),
         "opted_out": contact.opted_out,

@@ -122,7 +122,7 @@ def _turn_with_retry(inbound, contact, claim_first: bool):
 
 def _deliver(contact, lock: ContactLock, **kwargs):
     outbox = OutboxPass(contact.id, contact.wa_id, contact.last_inbound_at, lock=lock,
-                        opted_out=contact.opted_out, blocked=contact.blocked, **kwargs)
+                        opted_out=contact.opted_out, blocked=contact.blocked, user_id=contact.user_id, **kwargs)
     due = outbox.run()
     if due is not None:
         wake(contact.id, at=due)

@@ -156,10 +156,12 @@ class OutboxPass:
     it knows follow it (a turn's other messages): the outbox is not read again until they are
     sent. ``on_sent(message_id, when)`` runs after each accepted send, in the transaction that
     records it. ``opted_out``/``blocked`` are the contact's consent, read by the caller.
+    Messages go to the phone number ``wa_id``, or to the business-scoped ``user_id`` when the
+    contact has no phone number.
     """
 
     contact_id: int
-    wa_id: str
+    wa_id: str | None
     last_inbound_at: datetime | None
     lock: ContactLock | None = None
     opted_out: bool = False
@@ -168,6 +170,7 @@ class OutboxPass:
     then: list[Outgoing] | None = None
     on_sent: Callable[[int, float], None] | None = None
     sent: list[int] = field(default_factory=list)
+    user_id: str | None = None
 
     def may_send(self, row: Outgoing) -> bool:
         if self.blocked:
@@ -217,7 +220,8 @@ class OutboxPass:
             if self.lock is not None:
                 self.lock.extend()  # LockLost: another task owns the contact now; it resends after the grace
             msg, claimed = claimed, None
-            result = client.send(msg.phone_number_id, self.wa_id, msg.payload, msg.callback_id)
+            result = client.send(msg.phone_number_id, self.wa_id, msg.payload, msg.callback_id,
+                                 user_id=self.user_id)
             now = utcnow()
             if result.ok:
                 db.session.execute(_SENT, {"b_id": msg.id, "b_wamid": result.wa_message_id, "b_now": now})

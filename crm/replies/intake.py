@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import String, and_, bindparam, case, exists, func, select
 
 from crm.base import keys
 from crm.base.enums import PENDING, STATUS_RANK, Direction, MessageStatus
@@ -51,6 +51,8 @@ def _statement(kind: str):
                 "profile_name": func.coalesce(stmt.excluded.profile_name, _contacts.c.profile_name),
                 "user_id": func.coalesce(stmt.excluded.user_id, _contacts.c.user_id),
             }).returning(_contacts.c.id)
+        elif kind == "contact_new":  # a user id not seen before: any conflict means a concurrent insert
+            stmt = dialect_insert(_contacts).on_conflict_do_nothing().returning(_contacts.c.id)
         else:
             stmt = (dialect_insert(_messages)
                     .on_conflict_do_nothing(index_elements=[_messages.c.phone_number_id, _messages.c.wa_message_id])
@@ -59,11 +61,41 @@ def _statement(kind: str):
     return _statements[key]
 
 
-def upsert_contact(wa_id: str, profile_name: str | None, user_id: str | None, now) -> int:
+# Senders known by Meta's business-scoped user id are matched user id first; the phone number
+# a message brings is recorded on the contact unless another contact already has it.
+_other = _contacts.alias("other")
+_b_wa = bindparam("b_wa", type_=String)
+_SEEN = {"last_seen_at": bindparam("b_now"), "last_inbound_at": bindparam("b_now"),
+         "profile_name": func.coalesce(bindparam("b_name", type_=String), _contacts.c.profile_name)}
+_BY_USER_ID = (_contacts.update().where(_contacts.c.user_id == bindparam("b_uid")).values(
+    **_SEEN, wa_id=case((and_(_b_wa.is_not(None), ~exists().where(_other.c.wa_id == _b_wa,
+                                                                  _other.c.id != _contacts.c.id)), _b_wa),
+                        else_=_contacts.c.wa_id)).returning(_contacts.c.id))
+_BY_PHONE = (_contacts.update().where(_contacts.c.wa_id == _b_wa)
+             .values(**_SEEN, user_id=bindparam("b_uid")).returning(_contacts.c.id))
+
+
+def upsert_contact(wa_id: str | None, profile_name: str | None, user_id: str | None, now) -> int:
+    """The contact's id, created or updated (last seen, profile name, ids) in the open transaction.
+
+    With a user id: the contact with that user id, else the one with the phone number (which
+    then gets the user id), else a new one. Without: by phone number, as before user ids.
+    """
     values = {"wa_id": wa_id, "profile_name": profile_name or None, "user_id": user_id or None,
               "custom_fields": {}, "opted_out": False, "blocked": False, "first_seen_at": now,
               "last_seen_at": now, "last_inbound_at": now}
-    return db.session.execute(_statement("contact"), values).scalar_one()
+    if not user_id:
+        return db.session.execute(_statement("contact"), values).scalar_one()
+    seen = {"b_uid": user_id, "b_wa": wa_id, "b_name": profile_name or None, "b_now": now}
+    for _attempt in range(2):
+        contact_id = db.session.execute(_BY_USER_ID, seen).scalar()
+        if contact_id is None and wa_id:
+            contact_id = db.session.execute(_BY_PHONE, seen).scalar()
+        if contact_id is None:
+            contact_id = db.session.execute(_statement("contact_new"), values).scalar()
+        if contact_id is not None:
+            return contact_id
+    raise RuntimeError(f"contact for user id {user_id!r} could not be stored")  # only a database fault
 
 
 def store_inbound(messages: list[InboundMessage], received_at: float | None = None) -> list[Stored]:

@@ -38,8 +38,8 @@ from integrations.whatsapp.inbound import describe
 log = logging.getLogger(__name__)
 
 messages, contacts = Message.__table__, Contact.__table__
-_CONTACT = select(contacts.c.id, contacts.c.wa_id, contacts.c.profile_name, contacts.c.custom_fields,
-                  contacts.c.opted_out, contacts.c.blocked, contacts.c.last_inbound_at
+_CONTACT = select(contacts.c.id, contacts.c.wa_id, contacts.c.user_id, contacts.c.profile_name,
+                  contacts.c.custom_fields, contacts.c.opted_out, contacts.c.blocked, contacts.c.last_inbound_at
                   ).where(contacts.c.id == bindparam("b_contact"))
 _CONTACT_WRITE = (contacts.update().where(contacts.c.id == bindparam("b_id"))
                   .values(custom_fields=bindparam("b_fields"), opted_out=bindparam("b_opted_out")))

@@ -111,9 +111,14 @@ class WhatsAppClient:
             return SendResult(ok=True, http_status=200, wa_message_id=messages[0].get("id"))
         return classify_error(response.status_code, data)
 
-    def send(self, phone_number_id: str, to: str, message: dict,
-             callback_id: str | None = None) -> SendResult:
-        body = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, **message}
+    def send(self, phone_number_id: str, to: str | None, message: dict,
+             callback_id: str | None = None, user_id: str | None = None) -> SendResult:
+        """Send to the phone number ``to``, or (without one) to the business-scoped ``user_id``."""
+        try:
+            address = wa.recipient(to, user_id)
+        except wa.MessageLimitError as exc:  # a contact always has one; fail the row rather than the job
+            return SendResult(ok=False, error_title=str(exc))
+        body = {"messaging_product": "whatsapp", "recipient_type": "individual", **address, **message}
         if callback_id:
             # Meta echoes this in status webhooks: it tells us a message was
             # accepted even when its HTTP answer was lost.

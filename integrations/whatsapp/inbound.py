@@ -4,6 +4,15 @@ updates (field ``message_template_status_update``, see ``integrations.whatsapp.t
 Parsing never raises on odd shapes: unknown objects, fields and message types
 become warnings (and ``unknown`` messages), so that the webhook never answers
 500 for something Meta would then re-deliver forever.
+
+Everything returned can be stored as it is: every string of a stored payload is
+cleaned (lone surrogates -> U+FFFD, NUL removed: ``integrations.storable``), the
+searchable text is at most ``TEXT_MAX`` characters, ids that do not fit their
+column are refused with a warning, and names are cut to their column.
+
+A sender is a phone number (``from``, ``contacts[].wa_id``), a business-scoped
+user id (``from_user_id``, ``contacts[].user_id``; docs/whatsapp-user-ids.md) or
+both: a message with either is accepted.
 """
 
 from __future__ import annotations
@@ -12,8 +21,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from integrations.storable import clean_text, clip, storable
+from integrations.whatsapp.messages import TEXT_MAX
 from integrations.whatsapp.templates import TemplateStatusUpdate, parse_status_update
 
+# Column sizes (crm.models): a longer id is not Meta's, a longer name is cut.
+WA_ID_MAX, USER_ID_MAX, PNID_MAX, WAMID_MAX, NAME_MAX, ERROR_TITLE_MAX = 32, 64, 32, 128, 256, 512
+INT32_MAX = 2**31 - 1
 MEDIA = ("image", "audio", "video", "document", "sticker")
 STATUS_VALUES = ("sent", "delivered", "read", "failed", "deleted")
 
@@ -21,14 +35,14 @@ STATUS_VALUES = ("sent", "delivered", "read", "failed", "deleted")
 @dataclass
 class InboundMessage:
     phone_number_id: str
-    wa_id: str
+    wa_id: str | None  # the sender's phone number; None for a user known only by user_id
     wa_message_id: str
     type: str  # refined: text, button_reply, list_reply, nfm_reply, button, image, ..., unknown
     payload: dict
     profile_name: str | None = None
-    user_id: str | None = None
+    user_id: str | None = None  # Meta's business-scoped user id (BSUID)
     timestamp: datetime | None = None
-    text: str | None = None  # what the user said or chose, as text
+    text: str | None = None  # what the user said or chose, as text (at most TEXT_MAX characters)
     reply_id: str | None = None  # button / list reply id, template button payload
     context_id: str | None = None  # the message this one answers
     referral: dict | None = None
@@ -40,8 +54,9 @@ class StatusUpdate:
     wa_message_id: str
     status: str
     recipient_id: str | None = None
+    recipient_user_id: str | None = None
     timestamp: datetime | None = None
-    errors: list = field(default_factory=list)
+    errors: list = field(default_factory=list)  # [{"code": int|None, "title", "message", "error_data": {"details"}}]
     callback_id: str | None = None
 
 
@@ -77,8 +92,40 @@ def _list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
 
+def _id(value: Any, limit: int) -> str | None:
+    """An identifier that fits its column, or None (missing, not a string, empty or too long)."""
+    if not isinstance(value, str):
+        return None
+    value = clean_text(value).strip()
+    return value if 0 < len(value) <= limit else None
+
+
+def _text(value: Any, limit: int) -> str | None:
+    return clip(value, limit) if isinstance(value, str) else None
+
+
+def _error(err: Any) -> dict:
+    """A status error with the types our columns take (code an int32, title at most 512)."""
+    err = _dict(err)
+    code = err.get("code")
+    if isinstance(code, str) and code.strip().isdigit():
+        code = int(code)
+    if not isinstance(code, int) or isinstance(code, bool) or not -INT32_MAX <= code <= INT32_MAX:
+        code = None
+    details = _dict(err.get("error_data")).get("details")
+    return {"code": code, "title": _text(err.get("title"), ERROR_TITLE_MAX),
+            "message": _text(err.get("message"), ERROR_TITLE_MAX),
+            "error_data": {"details": _text(details, TEXT_MAX)}}
+
+
 def describe(msg: dict) -> tuple[str, str | None, str | None]:
-    """(refined type, text, reply id) of one Meta message object."""
+    """(refined type, text, reply id) of one Meta message object; the text is at most TEXT_MAX
+    characters (what WhatsApp allows a user to send) and cleaned."""
+    kind, text, reply_id = _describe(msg)
+    return kind, _text(text, TEXT_MAX), reply_id if isinstance(reply_id, str) else None
+
+
+def _describe(msg: dict) -> tuple[str, Any, Any]:
     kind = msg.get("type")
     if kind == "text":
         return "text", _dict(msg.get("text")).get("body"), None
@@ -119,13 +166,31 @@ def describe(msg: dict) -> tuple[str, str | None, str | None]:
     return "unknown", None, None
 
 
+def _sender(msg: dict, by_wa_id: dict, by_user_id: dict, contacts: list[dict]) -> tuple[str | None, str | None, dict]:
+    """(phone number, user id, contact entry) of a message's sender.
+
+    Meta's documentation shows ``from`` (phone) and ``from_user_id`` on messages and
+    ``wa_id`` / ``user_id`` on ``contacts[]``, any of which may be missing: take what the
+    message says, complete it from its contact entry, and when a message names neither and
+    the change has exactly one contact, that contact is the sender.
+    """
+    wa_id, user_id = _id(msg.get("from"), WA_ID_MAX), _id(msg.get("from_user_id"), USER_ID_MAX)
+    contact = (by_user_id.get(user_id) if user_id else None) or (by_wa_id.get(wa_id) if wa_id else None)
+    if contact is None and not wa_id and not user_id and len(contacts) == 1:
+        contact = contacts[0]
+    contact = contact or {}
+    wa_id = wa_id or _id(contact.get("wa_id"), WA_ID_MAX)
+    user_id = user_id or _id(contact.get("user_id"), USER_ID_MAX)
+    return wa_id, user_id, contact
+
+
 def parse_webhook(body: Any) -> ParsedWebhook:
     out = ParsedWebhook()
     if not isinstance(body, dict):
         out.warnings.append("payload is not a JSON object")
         return out
     if body.get("object") != "whatsapp_business_account":
-        out.warnings.append(f"unknown object {body.get('object')!r}")
+        out.warnings.append(f"unknown object {clip(str(body.get('object')), 64)!r}")
         return out
     for e_index, entry in enumerate(_items(body, "entry", "", out)):
         if not isinstance(entry, dict):
@@ -144,60 +209,64 @@ def parse_webhook(body: Any) -> ParsedWebhook:
                     out.templates.append(update)
                 continue
             if change.get("field") != "messages":
-                out.warnings.append(f"{where}: unhandled field {change.get('field')!r}")
+                out.warnings.append(f"{where}: unhandled field {clip(str(change.get('field')), 64)!r}")
                 continue
             value = _dict(change.get("value"))
-            pnid = _dict(value.get("metadata")).get("phone_number_id")
-            if not isinstance(pnid, str) or not pnid:
-                out.warnings.append(f"{where}: value.metadata.phone_number_id missing")
+            pnid = _id(_dict(value.get("metadata")).get("phone_number_id"), PNID_MAX)
+            if pnid is None:
+                out.warnings.append(f"{where}: value.metadata.phone_number_id missing or invalid")
                 continue
-            profiles = {}
-            for contact in _list(value.get("contacts")):
-                contact = _dict(contact)
-                if isinstance(contact.get("wa_id"), str):
-                    profiles[contact["wa_id"]] = contact
+            contacts = [_dict(c) for c in _list(value.get("contacts"))]
+            by_wa_id = {c["wa_id"]: c for c in contacts if isinstance(c.get("wa_id"), str)}
+            by_user_id = {c["user_id"]: c for c in contacts if isinstance(c.get("user_id"), str)}
             for m_index, msg in enumerate(_items(value, "messages", f"{where}.value.", out)):
                 msg = _dict(msg)
-                wa_id, wamid = msg.get("from"), msg.get("id")
-                if not isinstance(wa_id, str) or not isinstance(wamid, str) or not wa_id or not wamid:
-                    out.warnings.append(f"{where}.messages[{m_index}]: 'from' or 'id' missing")
+                wa_id, user_id, contact = _sender(msg, by_wa_id, by_user_id, contacts)
+                wamid = _id(msg.get("id"), WAMID_MAX)
+                if not (wa_id or user_id) or not wamid:
+                    out.warnings.append(f"{where}.messages[{m_index}]: no sender ('from', 'from_user_id', "
+                                        "contacts[].user_id) or no 'id'")
                     continue
-                kind, text, reply_id = describe(msg)
+                payload = storable(msg)
+                kind, text, reply_id = describe(payload)
                 if kind == "unknown":
-                    out.warnings.append(f"{where}.messages[{m_index}]: unknown type {msg.get('type')!r}")
-                profile = profiles.get(wa_id, {})
+                    out.warnings.append(f"{where}.messages[{m_index}]: unknown type {clip(str(msg.get('type')), 64)!r}")
                 out.messages.append(
                     InboundMessage(
                         phone_number_id=pnid,
                         wa_id=wa_id,
                         wa_message_id=wamid,
                         type=kind,
-                        payload=msg,
-                        profile_name=_dict(profile.get("profile")).get("name"),
-                        user_id=profile.get("user_id") or msg.get("from_user_id"),
+                        payload=payload,
+                        profile_name=_text(_dict(contact.get("profile")).get("name"), NAME_MAX),
+                        user_id=user_id,
                         timestamp=_ts(msg.get("timestamp")),
-                        text=text if isinstance(text, str) else None,
-                        reply_id=reply_id if isinstance(reply_id, str) else None,
-                        context_id=_dict(msg.get("context")).get("id"),
-                        referral=msg.get("referral") if isinstance(msg.get("referral"), dict) else None,
+                        text=text,
+                        reply_id=reply_id,
+                        context_id=_id(_dict(payload.get("context")).get("id"), WAMID_MAX),
+                        referral=payload.get("referral") if isinstance(payload.get("referral"), dict) else None,
                     )
                 )
             for s_index, status in enumerate(_items(value, "statuses", f"{where}.value.", out)):
                 status = _dict(status)
-                if status.get("status") not in STATUS_VALUES or not isinstance(status.get("id"), str):
-                    out.warnings.append(f"{where}.statuses[{s_index}]: unknown status {status.get('status')!r}")
+                wamid = _id(status.get("id"), WAMID_MAX)
+                if status.get("status") not in STATUS_VALUES or wamid is None:
+                    out.warnings.append(f"{where}.statuses[{s_index}]: unknown status "
+                                        f"{clip(str(status.get('status')), 64)!r}")
                     continue
                 out.statuses.append(
                     StatusUpdate(
                         phone_number_id=pnid,
-                        wa_message_id=status["id"],
+                        wa_message_id=wamid,
                         status=status["status"],
-                        recipient_id=status.get("recipient_id"),
+                        recipient_id=_id(status.get("recipient_id"), WA_ID_MAX),
+                        recipient_user_id=_id(status.get("recipient_user_id"), USER_ID_MAX),
                         timestamp=_ts(status.get("timestamp")),
-                        errors=_list(status.get("errors")),
-                        callback_id=status.get("biz_opaque_callback_data"),
+                        errors=[_error(e) for e in _list(status.get("errors"))],
+                        callback_id=_id(status.get("biz_opaque_callback_data"), 512),
                     )
                 )
             for err in _list(value.get("errors")):
-                out.warnings.append(f"{where}: Meta reported error {_dict(err).get('code')}: {_dict(err).get('title')}")
+                err = _error(err)
+                out.warnings.append(f"{where}: Meta reported error {err['code']}: {err['title']}")
     return out

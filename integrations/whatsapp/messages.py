@@ -176,6 +176,17 @@ def contacts(cards: list[dict]) -> dict:
     return {"type": "contacts", "contacts": cards}
 
 
+def recipient(wa_id: str | None, user_id: str | None = None) -> dict:
+    """Who a message goes to: ``to`` a phone number when we know it (Meta prefers it, and
+    ``to`` wins when both are sent), else ``recipient``: a business-scoped user id
+    (docs/whatsapp-user-ids.md)."""
+    if wa_id:
+        return {"to": wa_id}
+    if user_id:
+        return {"recipient": user_id}
+    raise MessageLimitError("a message needs a phone number or a user id to go to")
+
+
 def mark_read(message_id: str, typing: bool = True) -> dict:
     """Body of the mark-as-read request, optionally with the typing indicator."""
     body: dict[str, Any] = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}

@@ -60,7 +60,8 @@ def list_contacts():
     q = (request.args.get("q") or "").strip()
     if q:
         like = contains_pattern(q)
-        stmt = stmt.where(or_(Contact.profile_name.ilike(like, escape="\\"), Contact.wa_id.like(like, escape="\\")))
+        stmt = stmt.where(or_(Contact.profile_name.ilike(like, escape="\\"), Contact.wa_id.like(like, escape="\\"),
+                              Contact.user_id.like(like, escape="\\")))
     for name, column in (("opted_out", Contact.opted_out), ("blocked", Contact.blocked)):
         value = arg_bool(name)
         if value is not None:

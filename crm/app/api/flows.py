@@ -8,11 +8,9 @@ from sqlalchemy import select
 from crm.app.api import ApiError, bp, require_admin, stamp
 from crm.base.extensions import db
 from crm.base.operators import audit
-from flows.document import FlowDoc, FlowError, check_library, parse_flow
+from flows.document import MAX_FLOW_BYTES, FlowDoc, FlowError, check_library, parse_flow
 from flows.models import Flow
 from flows.store import bump_generation, import_flows
-
-MAX_FLOW_BYTES = 512 * 1024
 
 
 def flow_dict(flow: Flow, full: bool = False) -> dict:
