@@ -1,7 +1,7 @@
 """operators, personal API tokens, audit trail, read markers; contacts by last_seen_at
 
 Revision ID: 0005
-Revises: 0006
+Revises: 0004
 Create Date: 2026-12-01 21:49:16.648139
 
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '0005'
-down_revision = '0006'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

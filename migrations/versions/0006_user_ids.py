@@ -3,8 +3,8 @@
 A WhatsApp user with a username may reach us without a phone number: the
 contact then has only a user id (BSUID). Contacts are matched user id first.
 
-Revision ID: 0004
-Revises: 0006 (the newest on this branch; re-chained at merge)
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01 10:00:00.000000
 
 """
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '0004'
-down_revision = '0006'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
