@@ -278,6 +278,7 @@ class _Run:
                 return
             step = self.library.steps[flow.name][step_id]
             s.step = step_id
+            self.turn.events.append(ev.StepEntered(flow.name, step_id))
             if isinstance(step, d.SendStep):
                 for msg in step.messages:
                     self._send_spec(msg)

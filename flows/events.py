@@ -11,6 +11,7 @@ fields as a dict.
     HandoverRequested(flow="support", step="human")
     FlowEntered(flow="football")
     FlowFailed(details={"action": "football.fixtures", "error": "..."})
+    StepEntered(flow="signup", step="ask_email")
 """
 
 from __future__ import annotations
@@ -83,5 +84,14 @@ class FlowFailed(Event):
         return dict(self.details)
 
 
+@dataclass(frozen=True, slots=True)
+class StepEntered(Event):
+    """The turn entered a step (the flow simulator shows the path; nothing is stored for real contacts)."""
+
+    kind: ClassVar[str] = "step_entered"
+    flow: str
+    step: str
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (SessionStarted, SessionEnded, FieldSet, OptedOut, OptedIn,
-                                        HandoverRequested, FlowEntered, FlowFailed)
+                                        HandoverRequested, FlowEntered, FlowFailed, StepEntered)

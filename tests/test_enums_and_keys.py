@@ -154,6 +154,7 @@ EXAMPLES = [
     ev.HandoverRequested(),
     ev.FlowEntered(flow="football"),
     ev.FlowFailed(details={"action": "football.fixtures", "error": "timeout"}),
+    ev.StepEntered(flow="signup", step="ask_email"),
 ]
 EVENTS = [pytest.param(e, id=repr(e)) for e in EXAMPLES]
 

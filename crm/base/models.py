@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from crm.base.enums import Direction, MessageStatus, Origin
@@ -33,6 +33,9 @@ class Contact(db.Model):
     custom_fields: Mapped[dict] = mapped_column(JSON, default=dict)
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A contact of the flow simulator (/simulator): answered by the real runtime, but its messages
+    # go to a sink instead of the Graph API, and it is left out of stats, handovers and lists.
+    is_test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
     first_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_inbound_at: Mapped[datetime | None] = mapped_column(DateTime)

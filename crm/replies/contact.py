@@ -49,6 +49,7 @@ from crm.replies.delivery import OutboxPass, backoff, get_client, outbound_value
 from crm.replies.turns import load_contact, process_inbound
 from crm.replies.wake import take_next, wake
 from integrations.whatsapp import messages as wa
+from integrations.whatsapp.simulator import SIMULATOR_CLIENT
 
 log = logging.getLogger(__name__)
 # Turns one task takes before the contact goes to the back of the queue (None: drain the
@@ -122,7 +123,9 @@ def _turn_with_retry(inbound, contact, claim_first: bool):
 
 def _deliver(contact, lock: ContactLock, **kwargs):
     outbox = OutboxPass(contact.id, contact.wa_id, contact.last_inbound_at, lock=lock,
-                        opted_out=contact.opted_out, blocked=contact.blocked, user_id=contact.user_id, **kwargs)
+                        opted_out=contact.opted_out, blocked=contact.blocked, user_id=contact.user_id,
+                        # the flow simulator's contacts: everything as usual, but sent to a sink
+                        client=SIMULATOR_CLIENT if contact.is_test else None, **kwargs)
     due = outbox.run()
     if due is not None:
         wake(contact.id, at=due)
@@ -171,7 +174,8 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> N
         log.info("processed message %s", inbound.id, extra={
             "event": "flow.turn", "contact_id": contact_id, "flow": session.flow if session else None,
             "step": session.step if session else None, "ms": latency_ms})
-        if turn is not None and session.status != SessionStatus.HANDOVER and inbound.newest == inbound.id:
+        if (turn is not None and session.status != SessionStatus.HANDOVER and inbound.newest == inbound.id
+                and not contact.is_test):  # no read receipts for the flow simulator's contacts
             # Read receipt after the reply: it must never hold the reply back. The typing
             # indicator only makes sense while a reply is still on its way.
             get_client().mark_read(inbound.phone_number_id or settings.whatsapp_phone_number_id,

@@ -35,6 +35,7 @@ from crm.base.locks import ContactLock
 from crm.base.models import Message, utcnow, window_open
 from integrations.whatsapp import messages as wa
 from integrations.whatsapp.client import SendResult, WhatsAppClient
+from integrations.whatsapp.simulator import SimulatorClient
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,9 @@ class OutboxPass:
     on_sent: Callable[[int, float], None] | None = None
     sent: list[int] = field(default_factory=list)
     user_id: str | None = None
+    # Where the messages go: None is the Graph API (``get_client()``); the contact task passes
+    # the simulator's sink for test contacts (``contacts.is_test``).
+    client: WhatsAppClient | SimulatorClient | None = None
 
     def may_send(self, row: Outgoing) -> bool:
         if self.blocked:
@@ -193,7 +197,7 @@ class OutboxPass:
         None when nothing is left waiting.
         """
         settings = get_settings()
-        client = get_client()
+        client = self.client or get_client()
         claimed, then = self.claimed, self.then
         while True:
             if claimed is None:

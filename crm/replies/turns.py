@@ -36,10 +36,12 @@ from flows.store import library_cache
 from integrations.whatsapp.inbound import describe
 
 log = logging.getLogger(__name__)
+PATH_MAX = 200  # steps kept in a test contact's session state (the simulator's step path)
 
 messages, contacts = Message.__table__, Contact.__table__
 _CONTACT = select(contacts.c.id, contacts.c.wa_id, contacts.c.user_id, contacts.c.profile_name,
-                  contacts.c.custom_fields, contacts.c.opted_out, contacts.c.blocked, contacts.c.last_inbound_at
+                  contacts.c.custom_fields, contacts.c.opted_out, contacts.c.blocked, contacts.c.last_inbound_at,
+                  contacts.c.is_test,  # the flow simulator's contacts: delivered to a sink, path kept
                   ).where(contacts.c.id == bindparam("b_contact"))
 _CONTACT_WRITE = (contacts.update().where(contacts.c.id == bindparam("b_id"))
                   .values(custom_fields=bindparam("b_fields"), opted_out=bindparam("b_opted_out")))
@@ -70,6 +72,7 @@ class Scene:
     ends: list[str] = field(default_factory=list)
     origin: Origin = Origin.FLOW  # of the turn's outbound rows
     after: list[Callable[[], None]] = field(default_factory=list)  # after the replies went out
+    path: list[list[str]] = field(default_factory=list)  # [flow, step] entered, for test contacts only
 
     def run_after(self) -> None:
         for hook in self.after:
@@ -95,6 +98,14 @@ def _opted_in(scene: Scene, _event: ev.OptedIn) -> None:
 
 def _session_started(scene: Scene, _event: ev.SessionStarted) -> None:
     scene.started = True
+    scene.path.clear()  # the steps that follow belong to the new session
+
+
+def _step_entered(scene: Scene, event: ev.StepEntered) -> None:
+    # The flow simulator shows the steps a test contact went through (kept in its session's
+    # state, see _write_session); real contacts' sessions keep no path.
+    if scene.contact.is_test:
+        scene.path.append([event.flow, event.step])
 
 
 def _session_ended(scene: Scene, event: ev.SessionEnded) -> None:
@@ -123,6 +134,7 @@ HANDLERS: dict[type[ev.Event], Callable] = {
     ev.FieldSet: _field_set, ev.OptedOut: _opted_out, ev.OptedIn: _opted_in,
     ev.SessionStarted: _session_started, ev.SessionEnded: _session_ended,
     ev.HandoverRequested: _handover, ev.FlowEntered: _flow_entered, ev.FlowFailed: _flow_failed,
+    ev.StepEntered: _step_entered,
 }
 
 
@@ -194,9 +206,13 @@ def _write_session(new: engine.Session, scene: Scene, row, library: engine.Libra
         version = 1
     if session_id is None:
         return None
+    state = new.to_state()
+    if scene.contact.is_test:  # the simulator's step path: this session's earlier steps, then this turn's
+        earlier = [] if scene.started or row is None else list((row.state or {}).get("path") or [])
+        state["path"] = (earlier + scene.path)[-PATH_MAX:]
     values = {"b_id": session_id, "b_version": version, "b_flow": new.flow,
               "b_flow_version": new.flow_version or (row.flow_version if row is not None else 1),
-              "b_step": new.step, "b_state": new.to_state(), "b_now": now, "b_status": new.status,
+              "b_step": new.step, "b_state": state, "b_now": now, "b_status": new.status,
               "b_expires": None, "b_ended": None, "b_reason": None}
     if new.status == SessionStatus.ACTIVE:
         values["b_expires"] = ss.idle_deadline(library, new.flow, now)

@@ -33,6 +33,7 @@ def contact_dict(contact: Contact, session: FlowSession | None = None, full: boo
         "opted_out": contact.opted_out, "blocked": contact.blocked,
         "last_seen_at": stamp(contact.last_seen_at), "last_inbound_at": stamp(contact.last_inbound_at),
         "handover": session is not None and session.status == SessionStatus.HANDOVER,
+        "test": contact.is_test,
     }
     if full:
         out.update(fields=contact.custom_fields or {}, first_seen_at=stamp(contact.first_seen_at),
@@ -66,6 +67,8 @@ def list_contacts():
         value = arg_bool(name)
         if value is not None:
             stmt = stmt.where(column.is_(value))
+    # the flow simulator's contacts only with ?test=true (and then only they)
+    stmt = stmt.where(Contact.is_test.is_(arg_bool("test") is True))
     handover = arg_bool("handover")
     if handover is not None:
         stmt = stmt.where(in_handover() if handover else ~in_handover())
@@ -327,7 +330,7 @@ class contact_lock:  # a context manager, named like one
 def list_handovers():
     claimed = arg_bool("claimed")
     stmt = select(FlowSession, Contact).join(Contact, Contact.id == FlowSession.contact_id).where(
-        FlowSession.status == SessionStatus.HANDOVER)
+        FlowSession.status == SessionStatus.HANDOVER, Contact.is_test.is_(False))  # simulator: nobody waits
     if claimed is not None:
         stmt = stmt.where(FlowSession.handover_claimed_by.is_not(None) if claimed
                           else FlowSession.handover_claimed_by.is_(None))

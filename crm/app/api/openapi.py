@@ -63,6 +63,7 @@ def document() -> dict:
             "/api/contacts": {"get": op("List and search contacts", "contacts", [
                 {"name": "q", "in": "query", "schema": STRING, "description": "name or WhatsApp id contains"},
                 b("handover"), b("opted_out"), b("blocked"),
+                {**b("test"), "description": "true: the flow simulator's test contacts (left out otherwise)"},
                 {"name": "seen_since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
                 *PAGE], errors=("400", "401"))},
             "/api/contacts/{contact_id}": {

@@ -57,7 +57,7 @@ def _handover(claimed: bool | None = None, by: str | None = None):
 
 def conversations(me: Operator, q: str = "", flt: str = "all", limit: int = PAGE) -> tuple[list[Conversation], bool]:
     """Waiting for a person first (longest wait first), then the rest by their last message."""
-    search = []
+    search = [contacts.c.is_test.is_(False)]  # the flow simulator's contacts are not conversations
     q = q.strip()
     if q:
         like = contains_pattern(q)
@@ -137,8 +137,9 @@ def _fill(items: list[Conversation], me: Operator) -> None:
 def waiting_ids(limit: int = PAGE_MAX) -> list[int]:
     """Contacts waiting for a person (an unclaimed handover), longest wait first."""
     return list(db.session.execute(
-        select(sessions.c.contact_id).where(sessions.c.status == "handover",
-                                            sessions.c.handover_claimed_by.is_(None))
+        select(sessions.c.contact_id).join(contacts, contacts.c.id == sessions.c.contact_id)
+        .where(sessions.c.status == "handover", sessions.c.handover_claimed_by.is_(None),
+               contacts.c.is_test.is_(False))  # a simulator handover waits for nobody
         .order_by(sessions.c.started_at).limit(limit)).scalars())
 
 
