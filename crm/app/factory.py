@@ -12,7 +12,7 @@ from flask import Flask
 
 import football
 from crm import replies
-from crm.app import api, cli, health, inbox, monitoring, templates_cli, webhook
+from crm.app import api, cli, health, inbox, monitoring, simulator, templates_cli, webhook
 from crm.base import extensions, logs
 from crm.base.config import PROJECT_ROOT, Settings
 
@@ -58,4 +58,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     cli.init_app(app)
     templates_cli.init_app(app)
     inbox.init_app(app)  # operators, sign-in, /inbox pages, `flask operators`
+    simulator.init_app(app)  # /simulator: chat with the bot as a test contact (sign-in from the inbox)
     return app

@@ -1,0 +1,23 @@
+"""The flow simulator (``/simulator``): chat with the bot as a test contact, no WhatsApp needed.
+
+It runs the real runtime: a typed message or a pressed button is stored by the real intake
+and answered by the real contact task (run in the request, so the page gets the answer at
+once), with the real engine, actions and expiry rules. Only the last hop differs: messages
+to test contacts (``contacts.is_test``) go to a sink instead of the Graph API. Test
+contacts are left out of stats, handovers, contact lists and the inbox.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+bp = Blueprint("simulator", __name__, url_prefix="/simulator", template_folder="templates",
+               static_folder="static")
+
+
+def init_app(app: Flask) -> None:
+    """The simulator page; sign-in comes from the inbox (``crm.app.auth``)."""
+    app.register_blueprint(bp)
+
+
+from crm.app.simulator import views  # noqa: E402,F401 - routes register on bp
