@@ -129,8 +129,10 @@ def test_chat_through_welcome_pressing_buttons(sim_app, graph):
     assert session["variables"] == {"choice": "signup", "choice_title": "Sign up", "name": "Ana Lima",
                                     "email": "ana@example.com"}
     assert session["expires_at"] is not None
-    assert steps(state) == [("welcome", "menu"), ("welcome", "to_signup"), ("signup", "ask_name"),
-                            ("signup", "ask_email"), ("signup", "ask_dob")]
+    path = steps(state)  # (a flow may route before its menu: the path ends with the steps we took)
+    assert path[0][0] == "welcome" and path[-5:] == [("welcome", "menu"), ("welcome", "to_signup"),
+                                                      ("signup", "ask_name"), ("signup", "ask_email"),
+                                                      ("signup", "ask_dob")]
     state = tester.send("1990-04-21")
     assert bot_texts(state)[-1] == "You're signed up, Ana Lima! Send 'menu' to go back to the menu."
     assert state["session"]["status"] == "ended" and state["session"]["end_reason"] == "completed"

@@ -111,7 +111,7 @@ def test_simulator_chat_through_welcome(live, browser, shoot):
     assert driver.find_element(By.ID, "session-flow").text == "signup"
     assert driver.find_element(By.ID, "session-step").text == "ask_email"
     assert '"name": "Ana Lima"' in driver.find_element(By.ID, "vars").text
-    assert path_steps(driver) == ["menu", "to_signup", "ask_name", "ask_email"]
+    assert path_steps(driver)[-4:] == ["menu", "to_signup", "ask_name", "ask_email"]
     assert "in " in driver.find_element(By.ID, "session-expires").text  # counting down to the idle expiry
     shoot(driver, "simulator-signup")
 
