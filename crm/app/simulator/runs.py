@@ -72,9 +72,9 @@ def new_contact(operator: Operator) -> Contact:
 def answer(contact_id: int) -> None:
     """Run the contact's task here until nothing waits (the woken RQ job then finds nothing to do).
 
-    ``serve_contact``, not ``run_contact``: a request serves its own test contact, never the
-    real contacts queued behind it. A task another process holds (a worker took the wake up
-    first) is waited for.
+    One contact's turn (``serve_contact``), never the queue's: a request serves its own test
+    contact, not the real contacts queued behind it. A task another process holds (a worker
+    took the wake up first) is waited for.
     """
     deadline = time.monotonic() + ANSWER_SECONDS
     while has_work(contact_id) and time.monotonic() < deadline:
