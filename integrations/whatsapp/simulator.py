@@ -16,7 +16,8 @@ from integrations.whatsapp.client import SendResult
 class SimulatorClient:
     token = None  # no access token, nothing to call
 
-    def send(self, phone_number_id: str, to: str, message: dict, callback_id: str | None = None) -> SendResult:
+    def send(self, phone_number_id: str, to: str | None, message: dict, callback_id: str | None = None,
+             user_id: str | None = None) -> SendResult:
         # unique like Meta's ids: messages are unique on (phone_number_id, wa_message_id)
         return SendResult(ok=True, http_status=200, wa_message_id=f"sim.{uuid.uuid4().hex}")
 
