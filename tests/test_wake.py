@@ -26,10 +26,15 @@ def test_only_the_wake_module_enqueues_contact_work():
         rel = path.relative_to(ROOT).as_posix()
         if rel in ("crm/replies/wake.py", "crm/replies/contact.py"):
             continue
+        # The one exception, on purpose: the flow simulator answers its own test contact inside
+        # the request (serve_contact), so the page shows the bot's answer at once.
+        allowed = {"serve_contact"} if rel == "crm/app/simulator/runs.py" else set()
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Name | ast.Attribute) and getattr(node, "id", getattr(node, "attr", "")) in (
-                    "run_contact", "CONTACT_TASK"):
+            name = getattr(node, "id", None) or getattr(node, "attr", None) or ""
+            if isinstance(node, ast.alias):
+                name = node.name
+            if name in {"run_contact", "serve_contact", "CONTACT_TASK"} - allowed:
                 offenders.append(f"{rel}:{node.lineno}")
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and "run_contact" in node.value:
                 offenders.append(f"{rel}:{node.lineno}")
