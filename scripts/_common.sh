@@ -72,3 +72,36 @@ if sys.argv[1].startswith("rediss://") and os.environ.get("REDIS_TLS_VERIFY", "1
 redis.Redis.from_url(sys.argv[1], **kwargs).ping()
 PY
 }
+
+postgres_answers() {  # $1: URL
+  python - "$1" <<'PY' >/dev/null 2>&1
+import sys, psycopg
+psycopg.connect(sys.argv[1], connect_timeout=2).close()
+PY
+}
+
+# PostgreSQL for the tests' second database run (required under CI=true): use TEST_POSTGRES_URL
+# when it answers; else start an installed but stopped cluster; else, as root with apt-get,
+# install Debian's postgresql, start it and give the tests a password login on 127.0.0.1.
+ensure_postgres() {
+  local url="${TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/test}"
+  postgres_answers "$url" && return 0
+  if ! command -v pg_ctlcluster >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's postgresql for the tests ..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null || return 1
+  fi
+  command -v pg_ctlcluster >/dev/null || return 1
+  local version
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$version" ] || return 1
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start >/dev/null 2>&1 || true
+  for _ in $(seq 50); do postgres_answers "$url" && return 0; sleep 0.2; done
+  # A fresh Debian cluster: password login for the tests over TCP, and their database.
+  if [ "$(id -u)" = 0 ] && command -v su >/dev/null; then
+    su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null 2>&1 || true
+    su postgres -c "createdb test" >/dev/null 2>&1 || true
+    export TEST_POSTGRES_URL="postgresql://postgres:postgres@127.0.0.1:5432/test"
+    postgres_answers "$TEST_POSTGRES_URL" && return 0
+  fi
+  return 1
+}
