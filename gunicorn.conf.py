@@ -1,17 +1,28 @@
-"""gunicorn settings (read automatically from the working directory), sized by environment.
+"""gunicorn settings (read automatically from the working directory), sized by the machine.
 
-    WEB_CONCURRENCY   worker processes (default 2)
+    WEB_CONCURRENCY   worker processes (default: one per usable core, capped by the memory
+                      limit; see crm/base/sizing.py)
     WEB_THREADS       threads per process (default 4)
     WEB_ACCESS_LOG    "1" writes one access-log line per request to stdout (default off:
                       Heroku's router already logs every request, and at hundreds of webhooks
                       a second the lines cost CPU the replies need)
 """
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
+
+# Loaded by path: importing the crm package here would load Flask into the master process,
+# which never serves a request (about 20 MB more, and it is counted against the memory limit).
+_spec = importlib.util.spec_from_file_location("crm_sizing", Path(__file__).parent / "crm" / "base" / "sizing.py")
+_sizing = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_sizing)
+_plan = _sizing.plan()
 
 worker_class = "gthread"  # keep-alive connections; measured no faster as 4 sync workers
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("WEB_THREADS", "4"))
+workers = _plan.web_processes
+threads = _plan.web_threads
 loglevel = "warning"
 accesslog = "-" if os.environ.get("WEB_ACCESS_LOG") == "1" else None
 # The worker heartbeat touches a file on every loop; in memory it costs no disk I/O
