@@ -14,9 +14,10 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from crm.extensions import db
-from crm.models import Message
-from tests.conftest import POSTGRES, envelope, import_examples, message, post_webhook, spawn_workers
+from crm.base.extensions import db
+from crm.base.models import Message
+from tests.conftest import POSTGRES
+from tests.helpers import envelope, import_examples, message, post_webhook, spawn_workers
 
 pytestmark = pytest.mark.slow
 
