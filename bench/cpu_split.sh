@@ -16,4 +16,5 @@ for rep in $(seq "$REPS"); do
   sleep 2
 done
 python3 bench/ratios.py "$OUT" "$KIND" || true
+python3 bench/procs.py memory $$
 echo "raw results: $OUT"

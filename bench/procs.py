@@ -1,6 +1,7 @@
 """CPU accounting for the end-to-end benchmarks (Linux /proc, standard library only).
 
     python3 bench/procs.py snapshot ROOT_PID FILE     # CPU ticks of the benchmark's processes, and the host's
+    python3 bench/procs.py memory ROOT_PID                 # RSS and PSS of each of the stack's processes
     python3 bench/procs.py annotate BEFORE AFTER RUN_JSON OUT_JSONL
         # adds to wabench's JSON line: CPU ms per reply by process class, the CPU other people's
         # processes used during the run (foreign_cpu_pct, of all cores) and the load average
@@ -88,6 +89,29 @@ def annotate(before: dict, after: dict, run: dict) -> dict:
     return run
 
 
+def memory(root: int) -> list[tuple[str, int, str, float, float]]:
+    """(class, pid, command, RSS MB, PSS MB) for the stack's processes (PSS: shared pages split
+    between the processes sharing them: what a memory limit adds up)."""
+    out = []
+    snap = snapshot(root)
+    for pid, (name, _ticks) in snap["procs"].items():
+        if name not in STACK or name == "postgres":
+            continue
+        values = {}
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    key, _, rest = line.partition(":")
+                    if key in ("Rss", "Pss"):
+                        values[key] = int(rest.split()[0]) / 1024
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:60]
+        except OSError:
+            continue
+        out.append((name, int(pid), cmd, values.get("Rss", 0.0), values.get("Pss", 0.0)))
+    return sorted(out)
+
+
 def main(argv: list[str]) -> int:
     import time
 
@@ -96,6 +120,20 @@ def main(argv: list[str]) -> int:
         snap["t"] = time.monotonic()
         with open(argv[2], "w") as f:
             json.dump(snap, f)
+        return 0
+    if argv[0] == "memory":
+        rows = memory(int(argv[1]))
+        print("memory per process (MB):  class  pid  RSS  PSS  command")
+        for name, pid, cmd, rss, pss in rows:
+            if "python" in cmd or "gunicorn" in cmd or "redis" in cmd:
+                print(f"  {name:13s} {pid:7d} {rss:6.1f} {pss:6.1f}  {cmd}")
+        by: dict[str, list[float]] = {}
+        for name, _pid, _cmd, rss, pss in rows:
+            by.setdefault(name, [0.0, 0.0, 0])
+            by[name][0] += rss
+            by[name][1] += pss
+            by[name][2] += 1
+        print("  totals: " + "; ".join(f"{k} {int(v[2])} proc RSS {v[0]:.0f} PSS {v[1]:.0f}" for k, v in by.items()))
         return 0
     if argv[0] == "annotate":
         before, after = (json.load(open(p)) for p in argv[1:3])

@@ -28,4 +28,5 @@ for rep in $(seq "$REPS"); do
 done
 python3 "$W" --summarize "$OUT"
 python3 bench/ratios.py "$OUT" "$KIND" || true
+python3 bench/procs.py memory $$
 echo "raw results: $OUT"
