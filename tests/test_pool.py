@@ -118,7 +118,7 @@ def test_children_stop_when_the_pool_is_killed(pool):
 
 
 def test_reply_worker_pool_finishes_the_running_job_on_sigterm(tmp_path, redis_url):
-    """``python -m crm.worker high default`` starts WORKER_PROCESSES workers; SIGTERM lets a
+    """``python -m crm.app.worker high default`` starts WORKER_PROCESSES workers; SIGTERM lets a
     running job finish, then every process exits."""
     from redis import Redis
     from rq import Queue
