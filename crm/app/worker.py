@@ -164,7 +164,9 @@ def run(app, queue_names: list[str], name: str | None = None, burst: bool = Fals
             log.exception("the RQ worker stopped on %s; starting a fresh one", type(exc).__name__,
                           extra={"event": "worker.restart"})
         else:
-            if burst or worker._stop_requested:
+            # A SIGTERM/SIGINT while idle ends work() without setting _stop_requested (RQ only
+            # sets it when a job is running): the shutdown date says it was asked to stop.
+            if burst or worker._stop_requested or worker._shutdown_requested_date is not None:
                 return 0
             # RQ logged why it quit (an error it did not expect): start a fresh worker.
             if _redis_down(app):
