@@ -4,7 +4,8 @@
     python3 bench/procs.py memory ROOT_PID                 # RSS and PSS of each of the stack's processes
     python3 bench/procs.py annotate BEFORE AFTER RUN_JSON OUT_JSONL
         # adds to wabench's JSON line: CPU ms per reply by process class, the CPU other people's
-        # processes used during the run (foreign_cpu_pct, of all cores) and the load average
+        # processes used during the run (foreign_cpu_pct, of all cores; steal_cpu_pct: the part the
+        # hypervisor gave to other machines) and the load average
 
 "Ours" is every live descendant of ROOT_PID (children reaped along the way are counted in their
 parent's cutime/cstime) plus the PostgreSQL backends serving the benchmark database. Whatever
@@ -63,10 +64,11 @@ def snapshot(root: int) -> dict:
             by_pid[pid] = ("postgres", ticks)
     with open("/proc/stat") as f:
         cpu = [int(x) for x in f.readline().split()[1:]]
-    busy = sum(cpu) - cpu[3] - (cpu[4] if len(cpu) > 4 else 0)  # minus idle and iowait
+    busy = sum(cpu[:8]) - cpu[3] - cpu[4]  # user..steal minus idle and iowait (guest is inside user)
+    steal = cpu[7] if len(cpu) > 7 else 0  # a virtual machine's CPU the hypervisor gave to others
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
-    return {"host_busy": busy, "procs": {str(p): v for p, v in by_pid.items()}, "load1": float(load),
+    return {"host_busy": busy, "steal": steal, "procs": {str(p): v for p, v in by_pid.items()}, "load1": float(load),
             "cores": os.cpu_count()}
 
 
@@ -85,6 +87,9 @@ def annotate(before: dict, after: dict, run: dict) -> dict:
     # foreign share is computed over the snapshot window, measured by the host's own clock.
     window = max((after.get("t", 0) - before.get("t", 0)), wall)
     run["foreign_cpu_pct"] = round(max(0, host - ours) / HZ / window / after["cores"] * 100, 1)
+    # of which steal: the hypervisor ran other machines on our cores
+    steal = after.get("steal", 0) - before.get("steal", 0)
+    run["steal_cpu_pct"] = round(steal / HZ / window / after["cores"] * 100, 1)
     run["load1_before"], run["load1_after"] = before["load1"], after["load1"]
     return run
 
@@ -141,7 +146,8 @@ def main(argv: list[str]) -> int:
         run = annotate(before, after, json.loads(lines[-1]))
         with open(argv[4], "a") as f:
             f.write(json.dumps(run) + "\n")
-        print(f"  {run.get('label')}: foreign CPU {run['foreign_cpu_pct']} %, load {run['load1_before']}"
+        print(f"  {run.get('label')}: foreign CPU {run['foreign_cpu_pct']} % (steal {run['steal_cpu_pct']} %),"
+              f" load {run['load1_before']}"
               f" -> {run['load1_after']}")
         return 0
     print(__doc__)
