@@ -13,8 +13,10 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 BENCH_PIDS=""
 cleanup() {
   # honcho forwards SIGTERM to every Procfile process (warm shutdown) and waits for them
-  for pid in ${STACK:-} ${BENCH_PIDS} ${EXTRA_PIDS:-}; do kill "$pid" 2>/dev/null || true; done
-  for pid in ${STACK:-} ${BENCH_PIDS} ${EXTRA_PIDS:-}; do wait "$pid" 2>/dev/null || true; done
+  # first the stack (its workers finish their jobs, talking to Redis), then Redis and the fakes
+  [ -n "${STACK:-}" ] && { kill "$STACK" 2>/dev/null || true; wait "$STACK" 2>/dev/null || true; }
+  for pid in ${BENCH_PIDS} ${EXTRA_PIDS:-}; do kill "$pid" 2>/dev/null || true; done
+  for pid in ${BENCH_PIDS} ${EXTRA_PIDS:-}; do wait "$pid" 2>/dev/null || true; done
   rm -rf "${BENCH_TMP:-/nonexistent}"
 }
 trap cleanup EXIT

@@ -27,7 +27,8 @@ source bench/_stack.sh
 B="-c 20 -m 5 --concurrency 20 --warmup 5 --timeout 60"
 sync_running() { python3 - <<'PY'
 import os, sys, redis
-sys.exit(0 if redis.Redis.from_url(os.environ["REDIS_URL"]).exists("football:sync-lock:full") else 1)
+from crm.base import keys
+sys.exit(0 if redis.Redis.from_url(os.environ["REDIS_URL"]).exists(keys.sync_lock("full")) else 1)
 PY
 }
 football_sql() { python3 - "$1" <<'PY'
