@@ -17,6 +17,9 @@ cleanup() {
   [ -n "${STACK:-}" ] && { kill "$STACK" 2>/dev/null || true; wait "$STACK" 2>/dev/null || true; }
   for pid in ${BENCH_PIDS} ${EXTRA_PIDS:-}; do kill "$pid" 2>/dev/null || true; done
   for pid in ${BENCH_PIDS} ${EXTRA_PIDS:-}; do wait "$pid" 2>/dev/null || true; done
+  if [ "$KIND" = postgres ] && [ -n "${BENCH_DB_NAME:-}" ]; then
+    psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $BENCH_DB_NAME WITH (FORCE)" || true
+  fi
   rm -rf "${BENCH_TMP:-/nonexistent}"
 }
 trap cleanup EXIT
@@ -29,14 +32,17 @@ if [ -z "${BENCH_REDIS_URL:-}" ]; then
   BENCH_PIDS="$BENCH_PIDS $!"
   BENCH_REDIS_URL="redis://127.0.0.1:$rport/0"
 fi
-export REDIS_URL="$BENCH_REDIS_URL" WHATSAPP_API_URL=http://127.0.0.1:18999
+# Everything on free ports and in private files: several benchmarks (or people) can share a box.
+GRAPH_PORT=$(free_port)
+export REDIS_URL="$BENCH_REDIS_URL" WHATSAPP_API_URL=http://127.0.0.1:$GRAPH_PORT
 export WHATSAPP_APP_SECRET=bench-secret WHATSAPP_ACCESS_TOKEN=bench-token WHATSAPP_PHONE_NUMBER_ID=100000000000001
-export WHATSAPP_VERIFY_TOKEN=bench-verify LOG_LEVEL="${BENCH_LOG_LEVEL:-INFO}" PORT="${PORT:-8077}"
+export WHATSAPP_VERIFY_TOKEN=bench-verify LOG_LEVEL="${BENCH_LOG_LEVEL:-INFO}" PORT="${PORT:-$(free_port)}"
 if [ "$KIND" = postgres ]; then
-  psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS crm_bench WITH (FORCE)" -c "CREATE DATABASE crm_bench"
-  export DATABASE_URL=postgresql://postgres@127.0.0.1:5432/crm_bench
+  export BENCH_DB_NAME="crm_bench_$$"
+  psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $BENCH_DB_NAME"
+  export DATABASE_URL=postgresql://postgres@127.0.0.1:5432/$BENCH_DB_NAME
 else
-  rm -f /tmp/crm_bench.sqlite3*; export DATABASE_URL=sqlite:////tmp/crm_bench.sqlite3
+  export DATABASE_URL="sqlite:///$BENCH_TMP/crm_bench.sqlite3"
 fi
 for _ in $(seq 50); do python3 - <<'PY' 2>/dev/null && break; sleep 0.1; done
 import os, redis; redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
@@ -45,10 +51,11 @@ flask --app wsgi db upgrade >/dev/null 2>&1
 flask --app wsgi flows import flows/examples bench/two.yaml >/dev/null
 export PROMETHEUS_MULTIPROC_DIR="$BENCH_TMP/prometheus"
 mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
-honcho start -f Procfile web worker football scheduler >/tmp/crm_bench_honcho.log 2>&1 &
+HONCHO_LOG="/tmp/crm_bench_honcho.$$.log"  # kept after the run
+honcho start -f Procfile web worker football scheduler >"$HONCHO_LOG" 2>&1 &
 STACK=$!
 ECHO_PORT=$(free_port)
-python3 "$W" --echo-bot --bot-port "$ECHO_PORT" --graph-url http://127.0.0.1:18999 --app-secret bench-secret \
+python3 "$W" --echo-bot --bot-port "$ECHO_PORT" --graph-url "$WHATSAPP_API_URL" --app-secret bench-secret \
   --graph-token bench-token --duration 86400 >"$BENCH_TMP/echo.log" 2>&1 &
 BENCH_PIDS="$BENCH_PIDS $!"
 for _ in $(seq 150); do curl -sf "localhost:$PORT/healthz" >/dev/null && break; sleep 0.2; done
@@ -65,7 +72,7 @@ print(f"machine: {m.describe()}; web {p.web_processes} x {p.web_threads} threads
 PY
 sleep 2  # the reply workers register after the web answers
 
-COMMON_ARGS="--app-secret bench-secret --graph-token bench-token"
+COMMON_ARGS="--app-secret bench-secret --graph-token bench-token --graph-port $GRAPH_PORT"
 measure() {  # measure LABEL TARGET wabench-args...: one run, annotated, appended to $OUT
   local label=$1 target=$2; shift 2
   python3 bench/procs.py snapshot $$ "$BENCH_TMP/before.json"

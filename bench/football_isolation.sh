@@ -15,11 +15,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KIND="${1:-sqlite}"; REPS="${REPS:-3}"; DELAY="${DELAY:-0.15}"
 mkdir -p bench/results; OUT="$PWD/bench/results/isolation-$KIND-$(date +%Y%m%d-%H%M%S).jsonl"
-API_PORT=18998
+API_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export APIFOOTBALL_URL=http://127.0.0.1:$API_PORT APIFOOTBALL_KEY=bench-key APIFOOTBALL_RATE_PER_MINUTE=600
 # keep the scheduled syncs out of the quiet runs; the bench starts its own
 export FOOTBALL_UPCOMING_CRON="0 0 1 1 *" FOOTBALL_RESULTS_CRON="0 0 1 1 *"
-API_LOG=/tmp/crm_bench_apifootball.log
+API_LOG=/tmp/crm_bench_apifootball.$$.log
 nice -n 19 .venv/bin/python bench/fake_apifootball.py --port $API_PORT --leagues "${LEAGUES:-30}" \
   --fixtures "${FIXTURES:-1800}" --bookmakers 5 --delay "$DELAY" >"$API_LOG" 2>&1 &
 EXTRA_PIDS=$!

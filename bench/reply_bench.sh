@@ -6,7 +6,7 @@
 # processes on the host used meanwhile (foreign) and the load average.
 #
 #   bash bench/reply_bench.sh sqlite
-#   bash bench/reply_bench.sh postgres     # postgresql://postgres@127.0.0.1:5432/crm_bench
+#   bash bench/reply_bench.sh postgres     # a scratch database crm_bench_<pid> on 127.0.0.1:5432, dropped after
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIND="${1:-sqlite}"; REPS="${REPS:-3}"
