@@ -16,9 +16,10 @@ write lock is held per transaction (the cursor's executemany plus the commit; bu
 statement and its parameters happens before SQLite takes the lock):
     50 rows 0.4 ms,   200 rows 1.1 ms,   500 rows 2.9 ms (the previous chunk, with no pause)
 and a whole sync at 200 rows with the 20 ms pause: 30 s wall, 6.5 s CPU (the pause is 16 s
-of it). 200 rows with a 20 ms pause keeps the lock held ~5 % of the sync's time; the b p99
-during a sync against without is in the README ("Performance"), measured on a shared
-machine (a chunk-size sweep of that p99 was drowned by other work on the box).
+of it). 200 rows with a 20 ms pause keeps the lock held ~5 % of the sync's time. With it, the
+b scenario's p99 (20 users x 5 messages) during a sync against without: 185 / 243 ms (ratio
+0.76, bench/football_isolation.sh sqlite, quiet box); a sweep of chunk sizes against that p99
+is still to do (on the busy box it was drowned by other work).
 """
 
 from __future__ import annotations
