@@ -55,7 +55,10 @@ def make_client() -> APIFootballClient:
 
 
 def make_sync(progress: Callable[[str], None] | None = None) -> Sync:
-    return Sync(make_client(), get_settings().football_leagues, progress=progress)
+    settings = get_settings()
+    pause = settings.football_upsert_pause_ms / 1000 if db.engine.dialect.name == "sqlite" else 0.0
+    return Sync(make_client(), settings.football_leagues, progress=progress,
+                chunk=settings.football_upsert_chunk, pause=pause)
 
 
 def sync_lock(kind: str, ttl: int) -> TokenLock:

@@ -36,5 +36,6 @@ esac
 # /metrics adds up the samples of every process through this directory; stale files are dropped.
 export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/instance/prometheus}"
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+# The Procfile as written (each line sizes itself: WEB_CONCURRENCY, WORKER_PROCESSES override).
 # Not the one-shot 'release' line: honcho stops every process when one exits.
-exec honcho start -f Procfile -c "worker=${WORKER_PROCESSES:-4}" web worker football scheduler
+exec honcho start -f Procfile web worker football scheduler

@@ -141,11 +141,14 @@ def run_worker(app, queues=("high", "default")):
     worker.work(burst=True, with_scheduler=False)
 
 
-def spawn_workers(app, n: int, burst: bool = True, queues=("high", "default")) -> list[subprocess.Popen]:
+def spawn_workers(app, n: int, burst: bool = True, queues=("high", "default"), processes: int = 1,
+                  **popen) -> list[subprocess.Popen]:
+    """``n`` separate ``python -m crm.app.worker`` commands, each running ``processes`` workers (a pool when > 1)."""
     env = {**os.environ, **app.config["TEST_ENV"], "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "crm.app.worker", *queues] + (["--burst"] if burst else [])
-    return [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for _ in range(n)]
+    args = [sys.executable, "-m", "crm.app.worker", *queues, "--processes", str(processes)]
+    args += ["--burst"] if burst else []
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, **popen}
+    return [subprocess.Popen(args, cwd=ROOT, env=env, **popen) for _ in range(n)]
 
 
 def import_examples(app, *extra_docs: str):

@@ -154,6 +154,40 @@ def test_full_sync_upserts_and_reruns_idempotently(fapp, api):
         assert price == 9.5
 
 
+def test_upserts_commit_in_short_transactions(make_app, graph, api, httpserver):
+    """Each transaction writes at most FOOTBALL_UPSERT_CHUNK rows: a reply never waits long for
+    SQLite's write lock (PostgreSQL: short row locks)."""
+    from sqlalchemy import event
+
+    from football.jobs import full_sync
+
+    app = make_app(APIFOOTBALL_URL=httpserver.url_for(PATH), APIFOOTBALL_KEY=API_KEY,
+                   APIFOOTBALL_RATE_PER_MINUTE=60000, FOOTBALL_UPSERT_CHUNK=100)
+    api.events, api.odds = season(60, 3, now_hour() + timedelta(hours=2))
+    written, transactions = [0], []
+
+    def on_execute(_conn, _cursor, statement, parameters, _context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO FOOTBALL_"):
+            written[0] += len(parameters) if executemany else 1
+
+    def on_commit(_conn):
+        if written[0]:
+            transactions.append(written[0])
+        written[0] = 0
+
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", on_execute)
+        event.listen(db.engine, "commit", on_commit)
+        try:
+            summary = full_sync()
+        finally:
+            event.remove(db.engine, "before_cursor_execute", on_execute)
+            event.remove(db.engine, "commit", on_commit)
+    assert summary["odds"]["upserted"] == 60 * 3 * 14
+    assert max(transactions) <= 100
+    assert sum(transactions) >= 60 * 3 * 14 + 60 and len(transactions) >= 26
+
+
 def test_league_allow_list(make_app, graph, api, httpserver):
     app = make_app(APIFOOTBALL_URL=httpserver.url_for(PATH), APIFOOTBALL_KEY=API_KEY,
                    APIFOOTBALL_RATE_PER_MINUTE=60000, FOOTBALL_LEAGUES="302")

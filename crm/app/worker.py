@@ -1,24 +1,37 @@
-"""RQ worker with the Flask app loaded once, before any job runs.
+"""RQ workers with the Flask app loaded once, before any job runs.
 
-    python -m crm.app.worker high default      # the reply worker
-    python -m crm.app.worker low               # the football worker
+    python -m crm.app.worker high default      # the reply workers: a pool of WORKER_PROCESSES
+    python -m crm.app.worker low               # the football worker: one process, lowest priority
+
+The reply line of the Procfile starts the whole pool itself (``WORKER_PROCESSES``, default
+two per usable core capped by the memory limit, see ``crm/base/sizing.py``): one dyno or one
+honcho line runs exactly what the benchmarks measure. The pool (``crm/app/pool.py``) imports
+the code once, forks, and each child builds its own app (database engine, Redis client) after
+the fork; a dead child is restarted with backoff, SIGTERM/SIGINT are forwarded for a warm
+shutdown. With one process there is no pool: the worker runs in this process.
 
 Why ``SimpleWorker`` (no fork per job): measured on this machine, a forking
 worker takes about 19 ms to start each job even with the app preloaded, and
 570 ms when each child re-imports Flask and SQLAlchemy; SimpleWorker takes
-about 4 ms. Replies are the product, so the reply worker runs jobs in-process
-and scales by running more processes (``honcho start -c worker=N`` or more
-dynos). Nothing forks after the app is created, so no database connection is
-ever shared between processes. Job timeouts still apply (SIGALRM), and a job
+about 4 ms. Replies are the product, so a reply worker runs jobs in-process
+and the pool scales by processes. Job timeouts still apply (SIGALRM), and a job
 lost with a crashed process is recovered from the database inbox
 (``crm.replies.contact.recover_stalled``) and by RQ's abandoned-job handling.
+
+The football worker lowers its own CPU and I/O priority before it builds the app (nice 19,
+the idle I/O class, and, when Linux groups CPU time by session (autogroup) and the session is
+the worker's own, the session's nice too), so a sync never takes CPU time from replies.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
+import platform
+import shutil
+import subprocess
 import sys
 import time
 
@@ -62,6 +75,21 @@ class AppWorker(SimpleWorker):
                 db.session.remove()
 
 
+# What create_app and the first jobs import: the pool imports them once, before it forks.
+# (this module's own imports load the job modules and the app factory with everything it imports)
+PRELOAD = ("rq_dashboard.web", "integrations.whatsapp.client", "sqlite3", "psycopg")
+
+
+def preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
 def build_worker(app, queue_names: list[str], name: str | None = None) -> AppWorker:
     queues = [app.extensions["queues"][q] for q in queue_names]
     worker_class = type("AppWorker", (AppWorker,), {"app": app})
@@ -73,13 +101,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("queues", nargs="+", choices=keys.QUEUE_NAMES)
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument("--name")
+    parser.add_argument("--processes", type=int, help="reply processes (default: WORKER_PROCESSES or sized "
+                                                      "from the cores and memory limit)")
     args = parser.parse_args(argv)
     if keys.LOW in args.queues and keys.HIGH in args.queues:
         parser.error("football jobs (low) must not share a process with replies (high)")
     os.environ.setdefault("TZ", "UTC")
+    from crm.base import sizing
+    from crm.base.config import Settings
+    from crm.base.logs import configure_logging
+
+    configure_logging(Settings.from_env().log_level)
+    if keys.LOW in args.queues:
+        lower_priority()
+        return start(args.queues, args.name, args.burst)
+    try:
+        size = args.processes or sizing.plan().reply_processes
+    except sizing.SizingError as exc:
+        parser.error(str(exc))
+    if size < 1:
+        parser.error("--processes must be at least 1")
+    if size == 1:
+        return start(args.queues, args.name, args.burst)
+    from crm.app.pool import Pool
+
+    preload()  # imported once here, shared copy-on-write by the children
+    log.info("reply workers: %d process(es) on %s", size, sizing.detect().describe(),
+             extra={"event": "worker.pool"})
+
+    def child(index: int) -> int:  # RQ refuses a name a live (or crashed, until its key expires) worker has
+        return start(args.queues, f"{args.name}-{index}-{os.getpid()}" if args.name else None, args.burst)
+
+    return Pool(size, child, name="reply worker", restart=not args.burst).run()
+
+
+def start(queue_names: list[str], name: str | None, burst: bool) -> int:
+    """Build this process's app (after any fork) and work."""
     app = create_app()
     start_pusher(app)  # this process's metrics reach /metrics through Redis
-    return run(app, args.queues, args.name, burst=args.burst)
+    return run(app, queue_names, name, burst=burst)
 
 
 def run(app, queue_names: list[str], name: str | None = None, burst: bool = False) -> int:
@@ -104,7 +164,9 @@ def run(app, queue_names: list[str], name: str | None = None, burst: bool = Fals
             log.exception("the RQ worker stopped on %s; starting a fresh one", type(exc).__name__,
                           extra={"event": "worker.restart"})
         else:
-            if burst or worker._stop_requested:
+            # A SIGTERM/SIGINT while idle ends work() without setting _stop_requested (RQ only
+            # sets it when a job is running): the shutdown date says it was asked to stop.
+            if burst or worker._stop_requested or worker._shutdown_requested_date is not None:
                 return 0
             # RQ logged why it quit (an error it did not expect): start a fresh worker.
             if _redis_down(app):
@@ -114,6 +176,86 @@ def run(app, queue_names: list[str], name: str | None = None, burst: bool = Fals
         if not _redis_down(app):
             outages.up("redis")
             wait = 1.0
+
+
+# -- football: lowest priority -------------------------------------------------------------
+IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "i686": 289, "armv7l": 314}  # syscall numbers
+IOPRIO_WHO_PROCESS, IOPRIO_CLASS_IDLE, IOPRIO_CLASS_SHIFT = 1, 3, 13
+
+
+def _idle_io_class() -> str:
+    number = IOPRIO_SET.get(platform.machine())
+    if number is not None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.syscall(number, IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT) == 0:
+                return "idle"
+        except (OSError, AttributeError):
+            pass
+    binary = shutil.which("ionice")
+    if binary and subprocess.run([binary, "-c", "3", "-p", str(os.getpid())], capture_output=True).returncode == 0:
+        return "idle (ionice)"
+    return "unchanged (no ioprio_set here)"
+
+
+def _stat(pid: str) -> tuple[int, int] | None:
+    """(parent pid, session id) from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[3])
+
+
+def session_is_ours() -> bool:
+    """True when every process of our session is this process, an ancestor or a descendant
+    (honcho, systemd and a dyno start each process type in its own session)."""
+    me, sid = os.getpid(), os.getsid(0)
+    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(p)) is not None}
+    ancestors, pid = set(), me
+    while pid in stats and pid not in ancestors and stats[pid][1] == sid:
+        ancestors.add(pid)
+        pid = stats[pid][0]
+
+    def descendant(pid: int) -> bool:
+        seen = set()
+        while pid in stats and pid not in seen:
+            if pid == me:
+                return True
+            seen.add(pid)
+            pid = stats[pid][0]
+        return False
+
+    return all(pid in ancestors or descendant(pid) for pid, (_ppid, session) in stats.items() if session == sid)
+
+
+def _autogroup_nice() -> str:
+    """Linux schedules sessions against each other (autogroup) before it looks at nice values
+    inside a session: nice 19 alone does nothing against a reply worker in another session."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            if f.read().strip() != "1":
+                return "off"
+        if not session_is_ours():
+            return "shared session, left alone"
+        with open("/proc/self/autogroup", "w") as f:
+            f.write("19")
+        return "19"
+    except OSError as exc:
+        return f"unchanged ({exc.strerror or exc})"
+
+
+def lower_priority() -> dict[str, str]:
+    """nice 19, idle I/O class, and the session's autogroup nice; best effort, logged once."""
+    try:
+        cpu = str(os.nice(19 - os.nice(0)))
+    except OSError as exc:
+        cpu = f"unchanged ({exc.strerror})"
+    done = {"nice": cpu, "io_class": _idle_io_class(), "autogroup": _autogroup_nice()}
+    log.info("football worker priority: nice %s, I/O class %s, autogroup %s", done["nice"], done["io_class"],
+             done["autogroup"], extra={"event": "worker.priority"})
+    return done
 
 
 def _redis_down(app) -> bool:

@@ -78,6 +78,8 @@ class Settings:
     football_results_cron: str = "*/30 * * * *"
     football_display_timezone: str = "UTC"
     football_result_template: str = ""
+    football_upsert_chunk: int = 200
+    football_upsert_pause_ms: float = 20.0
     operator_api_tokens: tuple[str, ...] = ()
     rq_dashboard_username: str = "admin"
     rq_dashboard_password: str = ""
@@ -211,6 +213,8 @@ class Settings:
             football_results_cron=cron("football_results_cron"),
             football_display_timezone=display_tz,
             football_result_template=get("football_result_template"),
+            football_upsert_chunk=number("football_upsert_chunk", kind=int, minimum=1),
+            football_upsert_pause_ms=number("football_upsert_pause_ms", minimum=0),
             operator_api_tokens=tuple(t.strip() for t in get("operator_api_tokens").split(",") if t.strip()),
             rq_dashboard_username=text("rq_dashboard_username"),
             rq_dashboard_password=get("rq_dashboard_password"),
