@@ -26,6 +26,8 @@ from datetime import date
 import requests
 from redis import Redis
 
+from integrations import http
+
 log = logging.getLogger(__name__)
 
 RATE_KEY = "football:apifootball:next-slot"
@@ -127,7 +129,7 @@ class APIFootballClient:
             else:
                 if response.status_code == 429 or response.status_code >= 500:
                     last = APIFootballError(f"{action}: HTTP {response.status_code}", response.status_code, True)
-                    retry_after = _retry_after(response)
+                    retry_after = http.retry_after(response)
                 elif response.status_code != 200:
                     last = APIFootballError(f"{action}: HTTP {response.status_code}", response.status_code)
                 else:
@@ -164,10 +166,3 @@ class APIFootballClient:
             raise APIFootballError(f"{action}: unexpected answer of type {type(data).__name__}", 200)
         return [row for row in data if isinstance(row, dict)]
 
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None

@@ -51,6 +51,8 @@ from typing import Any
 
 import requests
 
+from integrations import http
+
 log = logging.getLogger(__name__)
 
 FIELDS = "id,name,language,status,category,components"
@@ -397,7 +399,7 @@ class TemplatesClient:
                 if response.status_code == 200 and isinstance(data, dict):
                     return data
                 last = self._error(response.status_code, data)
-                retry_after = _retry_after(response)
+                retry_after = http.retry_after(response)
             if not last.retryable or attempt == self.max_attempts:
                 break
             delay = retry_after if retry_after is not None else self.backoff * 2 ** (attempt - 1)
@@ -427,10 +429,3 @@ def _dict(value: Any) -> dict:
 def _list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
