@@ -73,6 +73,8 @@ class OutageLog:
                        extra={"event": f"outage.{what}.down"})
 
     def up(self, what: str) -> None:
+        if what not in self.down_since:  # the common case, on every webhook: no lock taken
+            return
         with self._lock:
             since = self.down_since.pop(what, None)
         if since is not None:
