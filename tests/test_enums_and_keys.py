@@ -77,7 +77,7 @@ KEY_FAMILIES = {
 
 def test_every_key_function_is_in_the_table():
     functions = {name for name, f in inspect.getmembers(keys, inspect.isfunction)
-                 if f.__module__ == keys.__name__ and name != "contact_job_id"}
+                 if f.__module__ == keys.__name__}
     assert functions == set(KEY_FAMILIES)
 
 
@@ -88,14 +88,14 @@ def test_keys_start_with_the_prefix(family):
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, id=f"{n} starts with crm:")
-                                  for n in ("FLOWS_GENERATION", "APIFOOTBALL_RATE")])
+                                  for n in ("FLOWS_GENERATION", "APIFOOTBALL_RATE", "READY")])
 def test_fixed_keys_start_with_the_prefix(name):
     assert getattr(keys, name).startswith(keys.PREFIX)
 
 
 @pytest.mark.parametrize("some_id", [pytest.param(i, id=f"id {i!r}") for i in (1, 7, 123456789)])
 def test_no_two_key_families_collide_for_the_same_id(some_id):
-    made = [f(some_id) for f in KEY_FAMILIES.values()] + [keys.FLOWS_GENERATION, keys.APIFOOTBALL_RATE]
+    made = [f(some_id) for f in KEY_FAMILIES.values()] + [keys.FLOWS_GENERATION, keys.APIFOOTBALL_RATE, keys.READY]
     assert len(set(made)) == len(made)
 
 
@@ -131,15 +131,6 @@ def test_every_queue_has_a_timeout(queue):
 ])
 def test_ttls_that_must_outlive_others(longer, shorter):
     assert longer >= shorter
-
-
-@pytest.mark.parametrize("contact_id, message_id, job_id", [
-    pytest.param(5, 9, "in-9", id="a stored message names the job after the message"),
-    pytest.param(6, 9, "in-9", id="the same message gives the same job id whoever asks"),
-    pytest.param(5, None, None, id="a wake without a message lets RQ pick the id"),
-])
-def test_contact_job_id(contact_id, message_id, job_id):
-    assert keys.contact_job_id(contact_id, message_id) == job_id
 
 
 EXAMPLES = [

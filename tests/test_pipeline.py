@@ -71,15 +71,15 @@ def test_one_contact_twenty_messages_several_workers(echo_app, graph):
 
 
 def test_a_busy_contact_cannot_hold_the_worker(echo_app, graph):
-    """One job per contact at a time, one turn per job: a contact with many waiting messages
+    """One ready-list entry per contact at a time, one turn each time it is served: a contact with many waiting messages
     goes to the back of the queue after each reply, so others are answered in between."""
-    from crm.base.extensions import get_queue
+    from crm.base import keys
 
     for i in range(1, 6):
         send(echo_app, "300", f"a{i}")
     send(echo_app, "301", "b1")
     with echo_app.app_context():
-        assert get_queue("high").count == 2  # one job per contact, not one per message
+        assert echo_app.extensions["redis"].llen(keys.READY) == 2  # once per contact, not once per message
     run_worker(echo_app)
     order = [(r["body"]["to"], r["body"]["text"]["body"]) for r in graph.requests if r["body"].get("type") == "text"]
     assert order[:3] == [("300", "echo a1 #1"), ("301", "echo b1 #1"), ("300", "echo a2 #2")]
@@ -209,8 +209,6 @@ def test_window_closed_free_form_refused_locally(echo_app, graph):
 
 def test_worker_killed_mid_job_loses_nothing(echo_app, graph):
     """A worker dies in the middle of a turn: after its lock expires, recovery processes the message once."""
-    from rq.registry import StartedJobRegistry
-
     send(echo_app, "950", "yo")
     with echo_app.app_context():
         engine = db.engine
@@ -222,9 +220,9 @@ def test_worker_killed_mid_job_loses_nothing(echo_app, graph):
         blocker.exec_driver_sql("BEGIN")
         blocker.exec_driver_sql("LOCK TABLE flow_sessions IN ACCESS EXCLUSIVE MODE")
     (proc,) = spawn_workers(echo_app, 1, burst=False)
-    started = StartedJobRegistry("high", connection=echo_app.extensions["redis"])
-    try:
-        assert wait_for(lambda: started.count >= 1, 20)
+    redis = echo_app.extensions["redis"]
+    try:  # popped off the ready list, the contact's lock taken: the turn is under way
+        assert wait_for(lambda: not redis.llen("crm:contacts:ready") and any(redis.scan_iter("crm:lock:contact:*")), 20)
         time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

@@ -58,9 +58,10 @@ def parent_of(pid: int) -> int | None:
         return None
 
 
-def test_two_worker_pools_keep_each_contacts_order_and_answer_once(app, graph, tmp_path):
+def test_two_worker_pools_keep_each_contacts_order_and_answer_once(make_app, graph, tmp_path):
     from rq import Worker
 
+    app = make_app(LOG_LEVEL="INFO")  # each turn logs one line (flow.turn): the pools' logs tell who served
     import_examples(app, ECHO)
     redis = app.extensions["redis"]
     logs = [open(tmp_path / f"pool{i}.log", "w+") for i in range(2)]  # noqa: SIM115 - closed below
@@ -75,24 +76,23 @@ def test_two_worker_pools_keep_each_contacts_order_and_answer_once(app, graph, t
                 assert response.status_code == 200
         assert wait_for(lambda: len(graph.sent) >= CONTACTS * MESSAGES, 120), f"{len(graph.sent)} sent"
         time.sleep(1.0)  # a duplicate would arrive now
-        jobs_by_pool: dict[int | None, int] = {}
-        for worker in Worker.all(connection=redis):
-            pool = parent_of(worker.pid)
-            jobs_by_pool[pool] = jobs_by_pool.get(pool, 0) + worker.successful_job_count
+        assert {parent_of(w.pid) for w in Worker.all(connection=redis)} == {p.pid for p in pools}
     finally:
         for proc in pools:
             proc.send_signal(signal.SIGTERM)
         codes = [proc.wait(60) for proc in pools]
+        turns_by_pool = []
         for log in logs:
             log.seek(0)
-            errors = log.read()
+            text = log.read()
             log.close()
-            assert "Traceback" not in errors, errors[-3000:]
+            assert "Traceback" not in text, text[-3000:]
+            turns_by_pool.append(text.count('"event": "flow.turn"'))
     assert codes == [0, 0]
     for wa_id in contacts:
         assert graph.texts(wa_id) == [f"echo m{i} #{i + 1}" for i in range(MESSAGES)], wa_id
     assert len(graph.sent) == CONTACTS * MESSAGES  # none twice
-    assert set(jobs_by_pool) == {p.pid for p in pools} and all(jobs_by_pool.values()), jobs_by_pool
+    assert sum(turns_by_pool) == CONTACTS * MESSAGES and all(turns_by_pool), turns_by_pool  # both pools served
     with app.app_context():
         assert db.session.execute(select(func.count()).select_from(Message).where(
             Message.direction == "in", Message.processed_at.is_(None))).scalar_one() == 0

@@ -1,4 +1,4 @@
-"""One way to wake a contact: every path enqueues contact work through crm.replies.wake."""
+"""One way to wake a contact: every path puts contact work on the ready list through crm.replies.wake."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from crm.base.extensions import db, get_queue
 from crm.base.models import Contact, Message, utcnow
 from crm.replies.wake import CONTACT_TASK, wake, wake_many
 from football.models import Fixture, League, Team, TeamFollow
-from tests.helpers import ROOT, envelope, message, post_webhook, run_worker
+from tests.helpers import ROOT, envelope, import_examples, message, post_webhook, run_worker
 
 SOURCES = [p for d in ("crm", "flows", "football", "integrations") for p in (ROOT / d).rglob("*.py")]
 SOURCES.append(ROOT / "scheduler.py")
@@ -24,31 +24,65 @@ def test_only_the_wake_module_enqueues_contact_work():
     offenders = []
     for path in SOURCES:
         rel = path.relative_to(ROOT).as_posix()
-        if rel in ("crm/replies/wake.py", "crm/replies/contact.py"):
+        if rel in ("crm/replies/wake.py", "crm/replies/contact.py", "crm/base/keys.py"):
             continue
-        # The one exception, on purpose: the flow simulator answers its own test contact inside
-        # the request (serve_contact), so the page shows the bot's answer at once.
-        allowed = {"serve_contact"} if rel == "crm/app/simulator/runs.py" else set()
+        # The exceptions, on purpose: the reply worker serves what it pops off the ready list,
+        # and the flow simulator answers its own test contact inside the request
+        # (serve_contact), so the page shows the bot's answer at once.
+        allowed = {"crm/app/simulator/runs.py": {"serve_contact"},
+                   "crm/app/worker.py": {"serve_ready", "READY"}}.get(rel, set())
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             name = getattr(node, "id", None) or getattr(node, "attr", None) or ""
             if isinstance(node, ast.alias):
                 name = node.name
-            if name in {"run_contact", "serve_contact", "CONTACT_TASK"} - allowed:
+            if name in {"run_contact", "serve_contact", "serve_ready", "CONTACT_TASK", "READY"} - allowed:
                 offenders.append(f"{rel}:{node.lineno}")
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and "run_contact" in node.value:
                 offenders.append(f"{rel}:{node.lineno}")
     assert offenders == [], "contact work must be enqueued through crm.replies.wake: " + ", ".join(offenders)
 
 
-def test_wake_queues_one_task_per_contact(app):
+def test_wake_puts_each_contact_on_the_ready_list_once(app):
     with app.app_context():
+        redis = app.extensions["redis"]
         assert wake(7) is True
-        assert wake(7) is False  # already queued: the task looks at the inbox when it runs
+        assert wake(7) is False  # already there: the server looks at the inbox when it serves it
         assert wake_many([7, 8, 9, 8]) == [8, 9]
-        jobs = get_queue(keys.HIGH).get_jobs()
-        assert sorted(j.args[0] for j in jobs) == [7, 8, 9]
-        assert {j.func_name for j in jobs} == {CONTACT_TASK}
+        assert redis.lrange(keys.READY, 0, -1) == [b"7", b"8", b"9"]  # in the order woken
+        assert get_queue(keys.HIGH).count == 0  # no RQ job per wake
+        assert redis.ttl(keys.queued(8)) > 0  # a crash after the pop: the marker expires
+
+
+def test_a_wake_at_a_later_time_is_an_rq_job_for_then(app):
+    with app.app_context():
+        redis = app.extensions["redis"]
+        assert wake(7, at=utcnow() + timedelta(seconds=30))
+        assert redis.llen(keys.READY) == 0 and redis.get(keys.queued(7)) is None  # blocks no earlier wake
+        scheduled = get_queue(keys.HIGH).scheduled_job_registry.get_job_ids()
+        assert len(scheduled) == 1
+        job = get_queue(keys.HIGH).fetch_job(scheduled[0])
+        assert job.func_name == CONTACT_TASK and job.args == (7,)
+        assert wake(7) is True  # now: the ready list
+
+
+def test_the_reply_worker_serves_the_ready_list_in_order_and_leaves_jobs_to_rq(app, graph):
+    """Contacts are served in the order they were woken; an RQ job on ``high`` still runs."""
+    import_examples(app)
+    with app.app_context():
+        redis = app.extensions["redis"]
+    for wa_id in ("504", "501", "502", "503"):
+        assert post_webhook(app.test_client(), envelope([message(wa_id, body="hi")])).status_code == 200
+    with app.app_context():
+        first = int(redis.lpop(keys.READY))  # 504's wake becomes a due retry: an RQ job
+        redis.delete(keys.queued(first))
+        get_queue(keys.HIGH).enqueue(CONTACT_TASK, first)
+        assert redis.llen(keys.READY) == 3
+    run_worker(app)
+    assert [b["to"] for b in graph.sent] == ["501", "502", "503", "504"]  # the ready list first
+    with app.app_context():
+        assert redis.llen(keys.READY) == 0 and get_queue(keys.HIGH).count == 0
+        assert all(redis.get(keys.queued(c)) is None for c in range(1, 5))
 
 
 def test_busy_task_clears_its_marker(app):
@@ -70,7 +104,7 @@ def test_busy_task_clears_its_marker(app):
 
 @pytest.mark.slow
 def test_result_notices_wake_each_follower_separately(app, graph):
-    """500 followers are 500 contact tasks on `high`, each in order with that contact's own
+    """500 followers are 500 entries on the ready list, each in order with that contact's own
     messages; a follower whose sends keep failing holds nobody else back."""
     from football.jobs import notify_results
 
@@ -90,9 +124,8 @@ def test_result_notices_wake_each_follower_separately(app, graph):
         db.session.add_all([TeamFollow(contact_id=c.id, team_id=home.id) for c in fans])
         db.session.commit()
         assert notify_results() == n
-        jobs = get_queue(keys.HIGH).get_jobs()
-        assert len(jobs) == n and {j.func_name for j in jobs} == {CONTACT_TASK}
-        assert sorted(j.args[0] for j in jobs) == sorted(c.id for c in fans)
+        ready = [int(c) for c in app.extensions["redis"].lrange(keys.READY, 0, -1)]
+        assert sorted(ready) == sorted(c.id for c in fans)
         assert notify_results() == 0  # claimed: never twice
     poison = fans[0].wa_id
     graph.fail_to[poison] = (500, {"error": {"code": 131000, "message": "Something went wrong"}})

@@ -8,6 +8,7 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
+from crm.base import keys
 from crm.base.extensions import db
 from crm.base.models import Contact, Message
 from tests.helpers import PNID, VERIFY, envelope, message, post_webhook, sign
@@ -101,7 +102,7 @@ def test_every_message_type_is_stored(app, kind):
         row = db.session.execute(select(Message)).scalar_one()
         assert (row.type, row.text, row.direction) == (stored_type, text, "in")
         assert row.payload == msg
-        assert len(app.extensions["queues"]["high"]) == 1
+        assert app.extensions["redis"].llen(keys.READY) == 1
 
 
 def test_every_entry_change_and_message(app):
@@ -142,7 +143,7 @@ def test_concurrent_duplicates_give_one_row_and_one_job(app):
     post_webhook(app.test_client(), payload)  # a late re-delivery too
     with app.app_context():
         assert count(Message) == 1
-        assert len(app.extensions["queues"]["high"]) == 1
+        assert app.extensions["redis"].llen(keys.READY) == 1
 
 
 def test_database_down_answers_5xx_then_redelivery_is_processed(app):
@@ -159,7 +160,7 @@ def test_database_down_answers_5xx_then_redelivery_is_processed(app):
     assert post_webhook(app.test_client(), payload).status_code == 200
     with app.app_context():
         assert count(Message) == 1
-        assert len(app.extensions["queues"]["high"]) == 1
+        assert app.extensions["redis"].llen(keys.READY) == 1
 
 
 def _outbound(app, wamid="wamid.out.1", status="sent"):

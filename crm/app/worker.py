@@ -35,7 +35,11 @@ import subprocess
 import sys
 import time
 
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
+from rq.timeouts import JobTimeoutException
+from rq.utils import as_text
+from rq.worker import WorkerStatus
 
 import crm.replies.contact  # noqa: F401 - every job module is imported before the first job
 import crm.replies.expiry  # noqa: F401
@@ -46,6 +50,7 @@ from crm.base import keys
 from crm.base.extensions import db
 from crm.base.metrics_store import start_pusher
 from crm.base.outages import OUTAGE_ERRORS, OutageLog
+from crm.replies.contact import serve_ready
 
 log = logging.getLogger("crm.app.worker")
 
@@ -74,6 +79,58 @@ class AppWorker(SimpleWorker):
             finally:
                 db.session.remove()
 
+    def serve(self, contact_id: int) -> None:
+        """Serve a contact popped off the ready list, in this process, as a job would run.
+
+        RQ's job timeout applies (its death penalty, SIGALRM), and a SIGTERM meanwhile waits for
+        the turn to end (RQ's warm shutdown looks at the state), then stops the worker.
+        """
+        self._state = WorkerStatus.BUSY  # in memory only: RQ's shutdown handler reads it
+        try:
+            with self.app.app_context():
+                try:
+                    with self.death_penalty_class(keys.CONTACT_JOB_TIMEOUT, JobTimeoutException):
+                        serve_ready(contact_id)
+                except JobTimeoutException:  # the lock expires; the marker too, then recovery wakes it
+                    log.error("serving contact %s took longer than %s s; abandoned", contact_id,
+                              keys.CONTACT_JOB_TIMEOUT, extra={"event": "flow.task_timeout", "contact_id": contact_id})
+                finally:
+                    db.session.remove()
+        finally:
+            self._state = WorkerStatus.IDLE
+        if self._stop_requested:
+            raise StopRequested()
+        self.heartbeat()  # RQ's loop does these between jobs; a busy ready list may never let it
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()
+
+
+class ReadyQueue(Queue):
+    """RQ's queue class for the reply workers: the pop also watches the ready list.
+
+    ``BLPOP crm:contacts:ready rq:queue:high rq:queue:default``: a contact id is served at once,
+    in this process, with no RQ job (``AppWorker.serve``); a job id is handed to RQ as usual.
+    A wake costs one Redis round trip and a turn no job bookkeeping (measured with
+    ``bench/profile_turn.py``: 49 Redis commands per turn before, most of them RQ's).
+    """
+
+    worker: AppWorker | None = None  # set per worker (build_worker)
+
+    @classmethod
+    def lpop(cls, queue_keys, timeout, connection=None):
+        watched = [keys.READY, *queue_keys]
+        while True:
+            found = super().lpop(watched, timeout, connection=connection)
+            if found is None or as_text(found[0]) != keys.READY:
+                return found
+            cls.worker.serve(int(found[1]))
+
+    @classmethod
+    def lmove(cls, connection, queue_key, timeout):
+        # RQ moves the job of a lone queue to an intermediate list with BLMOVE, which cannot
+        # watch two lists: a reply worker on ``high`` alone pops with BLPOP like the others.
+        return cls.lpop([queue_key], timeout, connection=connection)
+
 
 # What create_app and the first jobs import: the pool imports them once, before it forks.
 # (this module's own imports load the job modules and the app factory with everything it imports)
@@ -91,9 +148,13 @@ def preload() -> None:
 
 
 def build_worker(app, queue_names: list[str], name: str | None = None) -> AppWorker:
+    """An RQ worker for ``queue_names``; a reply worker (``high``) also serves the ready list."""
     queues = [app.extensions["queues"][q] for q in queue_names]
     worker_class = type("AppWorker", (AppWorker,), {"app": app})
-    return worker_class(queues, connection=app.extensions["redis"], name=name)
+    worker = worker_class(queues, connection=app.extensions["redis"], name=name)
+    if keys.HIGH in queue_names:
+        worker.queue_class = type("ReadyQueue", (ReadyQueue,), {"worker": worker})
+    return worker
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,10 @@ FAILURE_TTL = 7 * 24 * 3600  # failed jobs stay a week for inspection in /rq
 CONTACT_JOB_TIMEOUT = 120  # one contact task, seconds
 
 SEEN_TTL = 7 * 24 * 3600  # a webhook message id already stored: later copies skip the database
-QUEUED_TTL = 60  # a contact's task is queued or running (covers a crash between marker and enqueue)
+QUEUED_TTL = 60  # a contact is on the ready list or being served (covers a crash after the pop)
+# Contacts with work waiting, in the order they were woken (a list of contact ids): the reply
+# workers pop it together with RQ's queues (crm.app.worker), one contact turn at a time.
+READY = f"{PREFIX}contacts:ready"
 LOCK_TTL_MS = 60_000  # the contact lock, extended while its task runs
 OPERATOR_LOCK_TTL_MS = 30_000  # the contact lock held by an operator action
 SYNC_LOCK_TTL = 1800  # a football sync of one kind, seconds (longer than its job timeout)
@@ -78,11 +81,3 @@ def login_failures(name: str, address: str) -> str:
 FLOWS_GENERATION = f"{PREFIX}flows:generation"  # bumped on every flow import: processes reload their library
 APIFOOTBALL_RATE = f"{PREFIX}apifootball:rate"  # the shared slot of the APIFootball rate limit
 
-
-def contact_job_id(contact_id: int, message_id: int | None = None) -> str | None:
-    """RQ job id of a contact task woken for a stored message (None: RQ picks one).
-
-    Derived from the message row, so the same webhook copy never queues two tasks; never a
-    fixed id per contact, which a failed job's hash (kept ``FAILURE_TTL``) would block.
-    """
-    return f"in-{message_id}" if message_id is not None else None

@@ -1,10 +1,12 @@
-"""The contact task (queue ``high``): the one entry point for a contact's work.
+"""Serving a contact: the one entry point for a contact's work.
 
-``run_contact(contact_id)`` takes the contact's lock, delivers its outbox (queued rows, in
+``serve_contact(contact_id)`` takes the contact's lock, delivers its outbox (queued rows, in
 order) and answers the oldest unanswered inbound message; then, if more is waiting, the
-contact goes to the back of the queue (``wake``), so every contact gets its turn. A task
-that finds the lock taken (an operator action, another task) clears the queued marker and
-returns: the holder looks at the inbox again after releasing, so nothing waits forever.
+contact goes to the back of the ready list (``wake``), so every contact gets its turn. A
+server that finds the lock taken (an operator action, another server) clears the queued
+marker and returns: the holder looks at the inbox again after releasing, so nothing waits
+forever. The reply workers call it (``serve_ready``) for each contact they pop off the ready
+list; ``run_contact`` is the RQ job of a wake scheduled for later (a retry's backoff).
 
 Poison never jams a contact: a turn that fails (any exception, the same message
 ``TURN_MAX_ATTEMPTS`` times) is set aside — the inbound row is marked ``failed`` with the
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import traceback
 from datetime import timedelta
 
@@ -47,20 +48,15 @@ from crm.base.models import Message, utcnow
 from crm.base.outages import is_outage
 from crm.replies.delivery import OutboxPass, backoff, get_client, outbound_values, outbox_head
 from crm.replies.turns import load_contact, process_inbound
-from crm.replies.wake import take_next, wake
+from crm.replies.wake import wake
 from integrations.whatsapp import messages as wa
 from integrations.whatsapp.simulator import SIMULATOR_CLIENT
 
 log = logging.getLogger(__name__)
-# Turns one task takes before the contact goes to the back of the queue (None: drain the
-# inbox). One turn per task keeps latency fair when many contacts write at once: a contact
+# Turns a contact gets each time it is served before it goes to the back of the ready list
+# (None: drain the inbox). One keeps latency fair when many contacts write at once: a contact
 # that answers instantly cannot hold a worker while others wait.
-TURNS_PER_JOB: int | None = 1
-# A task serves the contacts queued behind it for up to this long (and at most this many in
-# all), saving RQ's per-job bookkeeping (about a fifth of a reply worker's CPU, measured with
-# py-spy) while the queue is busy; it changes nothing while the queue is empty.
-SERVE_BUDGET = 0.25
-SERVE_MAX = 16
+TURNS_PER_SERVE: int | None = 1
 RETRY_AFTER_FAILURE = timedelta(seconds=5)
 APOLOGY = "Sorry, something went wrong with your last message. Send 'menu' to start again."
 
@@ -226,30 +222,32 @@ def set_aside(contact, inbound, exc: Exception) -> None:
 
 
 def run_contact(contact_id: int) -> str:
-    """The contact task: deliver the contact's outbox and answer its waiting messages, in order.
+    """The RQ job of a wake at a later time (a retry that is due): serve the contact now."""
+    return serve_contact(contact_id)
 
-    After ``TURNS_PER_JOB`` turns, or when the inbox is empty, the lock is released and the
-    contact's queued marker cleared; work that is still (or newly) waiting is woken again, at
-    the back of the queue. Then, within ``SERVE_BUDGET`` seconds, the task serves the contacts
-    queued behind it the same way (``wake.take_next``), one turn each.
+
+def serve_ready(contact_id: int) -> str:
+    """Serve a contact the reply worker popped off the ready list (``crm.app.worker``).
+
+    Never raises for the contact's own trouble, so the worker goes on with the next contact:
+    a failure is logged, and ``serve_contact`` has already woken the contact again for later.
     """
-    outcome = serve_contact(contact_id)
-    deadline, served = time.monotonic() + SERVE_BUDGET, 1
-    while served < SERVE_MAX and time.monotonic() < deadline:
-        following = take_next()
-        if following is None:
-            break
-        try:
-            serve_contact(following)
-        except Exception:  # that contact's own problem: it is woken again; this task goes on
-            log.exception("contact task for %s failed", following,
-                          extra={"event": "flow.task_failed", "contact_id": following})
-        served += 1
-    return outcome
+    try:
+        return serve_contact(contact_id)
+    except Exception:
+        log.exception("serving contact %s failed", contact_id,
+                      extra={"event": "flow.task_failed", "contact_id": contact_id})
+        return "failed"
 
 
 def serve_contact(contact_id: int) -> str:
-    """One contact's turn under its lock (see ``run_contact``)."""
+    """One contact's turn under its lock: its outbox, then its oldest waiting message.
+
+    The lock taken (an operator's action, another server): the queued marker is cleared and
+    nothing done; the holder looks at the inbox again when it releases. Otherwise, after
+    ``TURNS_PER_SERVE`` turns the lock and the marker are released, and a contact with more
+    waiting goes to the back of the ready list (``wake``), so every contact gets its turn.
+    """
     redis = get_redis()
     lock = ContactLock(redis, contact_id)
     if not lock.acquire():
@@ -257,7 +255,7 @@ def serve_contact(contact_id: int) -> str:
         return "busy"
     outcome = "done"
     try:
-        drain(contact_id, lock, max_turns=TURNS_PER_JOB)
+        drain(contact_id, lock, max_turns=TURNS_PER_SERVE)
     except LockLost as exc:
         log.warning("contact task stopped: %s", exc, extra={"event": "flow.lock_lost", "contact_id": contact_id})
         outcome = "lock lost"

@@ -20,7 +20,7 @@ from crm.base.enums import PENDING, STATUS_RANK, Direction, MessageStatus
 from crm.base.extensions import db, dialect_insert, get_redis
 from crm.base.models import Contact, Message, utcnow
 from crm.base.templates import apply_status_update, enqueue_sync
-from crm.replies.wake import wake
+from crm.replies.wake import wake_many
 from integrations.whatsapp.inbound import InboundMessage, StatusUpdate
 from integrations.whatsapp.templates import TemplateStatusUpdate
 
@@ -138,8 +138,7 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
     except Exception:
         db.session.rollback()
         raise
-    for item in stored:
-        wake(item.contact_id, message_id=item.message_id)
+    wake_many([item.contact_id for item in stored])
     pipe = redis.pipeline(transaction=False)
     for m in fresh:
         pipe.set(keys.seen(m.phone_number_id, m.wa_message_id), 1, ex=keys.SEEN_TTL)
