@@ -66,6 +66,7 @@ def test_status_rank_orders_the_outbound_lifecycle():
 KEY_FAMILIES = {
     "seen": lambda i: keys.seen(str(i), str(i)),
     "queued": keys.queued,
+    "rewake": keys.rewake,
     "contact_lock": keys.contact_lock,
     "apology": keys.apology,
     "turn_failures": keys.turn_failures,

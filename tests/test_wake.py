@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from crm.base import keys
 from crm.base.extensions import db, get_queue
 from crm.base.models import Contact, Message, utcnow
-from crm.replies.wake import CONTACT_TASK, wake, wake_many
+from crm.replies.wake import CONTACT_TASK, finish, wake, wake_many
 from football.models import Fixture, League, Team, TeamFollow
 from tests.helpers import ROOT, envelope, import_examples, message, post_webhook, run_worker
 
@@ -52,6 +52,28 @@ def test_wake_puts_each_contact_on_the_ready_list_once(app):
         assert redis.lrange(keys.READY, 0, -1) == [b"7", b"8", b"9"]  # in the order woken
         assert get_queue(keys.HIGH).count == 0  # no RQ job per wake
         assert redis.ttl(keys.queued(8)) > 0  # a crash after the pop: the marker expires
+
+
+def test_a_wake_while_the_contact_is_queued_or_served_makes_its_server_look_again(app):
+    """The server skips its last inbox query unless a wake came meanwhile (or more was waiting)."""
+    from crm.base.locks import ContactLock
+
+    with app.app_context():
+        redis = app.extensions["redis"]
+        assert wake(5)
+        lock = ContactLock(redis, 5)
+        assert lock.acquire()
+        assert finish(5, lock.token) is False  # nothing came: no need to look again
+        assert redis.get(keys.queued(5)) is None and redis.get(keys.contact_lock(5)) is None
+        assert wake(5) and lock.acquire()
+        assert wake(5) is False  # a message stored while the contact is served
+        assert finish(5, lock.token) is True and redis.get(keys.rewake(5)) is None
+        other = ContactLock(redis, 5)
+        assert other.acquire()
+        assert finish(5, lock.token) is False  # not our lock any more: left alone
+        assert redis.get(keys.contact_lock(5)) == other.token.encode()
+        assert finish(5, None) is False  # found busy: the holder is told to look again
+        assert finish(5, other.token) is True and redis.get(keys.contact_lock(5)) is None
 
 
 def test_a_wake_at_a_later_time_is_an_rq_job_for_then(app):

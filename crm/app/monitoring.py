@@ -33,21 +33,26 @@ from rq_dashboard.web import setup_rq_connection
 from crm.base.extensions import redis_url_with_options
 from crm.base.keys import QUEUE_NAMES
 from crm.base.metrics_store import scrape_registry
+from crm.replies.wake import pending
 
 bp = Blueprint("monitoring", __name__)
 
 
 class QueueDepth:
-    """Jobs waiting per queue, read from Redis when scraped."""
+    """Jobs waiting per RQ queue, and contacts waiting on the ready list (queue "ready"), read
+    from Redis when scraped."""
 
     def __init__(self, app: Flask):
         self.app = app
 
     def collect(self):
-        family = GaugeMetricFamily("crm_queue_depth", "Jobs waiting in each RQ queue", labels=["queue"])
-        for name in QUEUE_NAMES:
+        family = GaugeMetricFamily("crm_queue_depth", "Jobs waiting in each RQ queue; contacts waiting for a "
+                                   "reply worker (ready)", labels=["queue"])
+        depths = [(name, lambda q=self.app.extensions["queues"][name]: q.count) for name in QUEUE_NAMES]
+        depths.append(("ready", lambda: pending(self.app.extensions["redis"])))
+        for name, read in depths:
             try:
-                family.add_metric([name], self.app.extensions["queues"][name].count)
+                family.add_metric([name], read())
             except Exception:  # Redis down: leave the sample out, /healthz says why
                 continue
         yield family

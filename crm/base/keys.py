@@ -37,6 +37,11 @@ def queued(contact_id: int) -> str:
     return f"{PREFIX}queued:contact:{contact_id}"
 
 
+def rewake(contact_id: int) -> str:
+    """Set by a wake that found the contact already queued or being served: look again after."""
+    return f"{PREFIX}rewake:contact:{contact_id}"
+
+
 def contact_lock(contact_id: int) -> str:
     return f"{PREFIX}lock:contact:{contact_id}"
 

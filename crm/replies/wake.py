@@ -35,24 +35,52 @@ CONTACT_TASK = "crm.replies.contact.run_contact"
 CHUNK = 500  # contacts per Redis round trip in wake_many
 
 
-# KEYS[1] the ready list, KEYS[2..] the contacts' queued markers; ARGV[1] the marker TTL,
-# ARGV[2..] the contact ids -> the ids pushed (those whose marker was not set yet)
+# KEYS[1] the ready list, then per contact its queued marker and its rewake flag; ARGV[1] the
+# TTL of both, ARGV[2..] the contact ids -> the ids pushed (those whose marker was not set yet).
+# A contact already queued or being served gets the rewake flag instead: its server looks again.
 _WAKE = """
 local pushed = {}
-for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], 1, 'NX', 'EX', ARGV[1]) then
+for i = 2, #ARGV do
+  local marker, rewake = KEYS[2 * i - 2], KEYS[2 * i - 1]
+  if redis.call('SET', marker, 1, 'NX', 'EX', ARGV[1]) then
     redis.call('RPUSH', KEYS[1], ARGV[i])
     pushed[#pushed + 1] = ARGV[i]
+  else
+    redis.call('SET', rewake, 1, 'EX', ARGV[1])
   end
 end
 return pushed
 """
 
+# KEYS[1] the contact's lock, KEYS[2] its queued marker, KEYS[3] its rewake flag; ARGV[1] the
+# lock's token ('' when the lock was not ours: the contact was busy), ARGV[2] the flag's TTL
+# -> 1 when the contact was woken while it was queued or served (look at its inbox again)
+_FINISH = """
+if ARGV[1] == '' then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[3], 1, 'EX', ARGV[2])
+  return 0
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('DEL', KEYS[2])
+return redis.call('DEL', KEYS[3])
+"""
+
 
 def _push(redis, contact_ids: list[int]) -> list[int]:
     script = redis.register_script(_WAKE)  # EVALSHA; the script is loaded when Redis lacks it
-    pushed = script(keys=[keys.READY, *(keys.queued(c) for c in contact_ids)], args=[keys.QUEUED_TTL, *contact_ids])
+    contact_keys = [k for c in contact_ids for k in (keys.queued(c), keys.rewake(c))]
+    pushed = script(keys=[keys.READY, *contact_keys], args=[keys.QUEUED_TTL, *contact_ids])
     return [int(c) for c in pushed]
+
+
+def finish(contact_id: int, lock_token: str | None) -> bool:
+    """The contact has been served (``lock_token``: the lock it was served under) or found busy
+    (None: the lock holder must look again). Releases the lock if still ours and the queued
+    marker, in one round trip; True when a wake came meanwhile, so the inbox must be looked at."""
+    script = get_redis().register_script(_FINISH)
+    return bool(script(keys=[keys.contact_lock(contact_id), keys.queued(contact_id), keys.rewake(contact_id)],
+                       args=[lock_token or "", keys.QUEUED_TTL]))
 
 
 def wake(contact_id: int, at: datetime | None = None) -> bool:
@@ -83,6 +111,6 @@ def wake_many(contact_ids: Iterable[int]) -> list[int]:
     return woken
 
 
-def pending() -> int:
+def pending(redis=None) -> int:
     """Contacts on the ready list (waiting for a reply worker)."""
-    return int(get_redis().llen(keys.READY))
+    return int((redis or get_redis()).llen(keys.READY))
