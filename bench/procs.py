@@ -21,7 +21,8 @@ import sys
 HZ = os.sysconf("SC_CLK_TCK")
 CLASSES = (  # (substring of the command line, class), first match wins
     ("--echo-bot", "echo-bot"), ("wabench.py", "wabench"), ("fake_apifootball", "fake-apifootball"),
-    ("gunicorn", "web"), ("crm.app.worker low", "football"), ("crm.app.worker", "reply-worker"),
+    ("crm.app.server", "web"), ("gunicorn", "web"), ("crm.app.worker low", "football"),
+    ("crm.app.worker", "reply-worker"),
     ("scheduler.py", "scheduler"), ("redis-server", "redis"), ("honcho", "honcho-logs"), ("postgres", "postgres"),
 )
 STACK = ("web", "reply-worker", "football", "scheduler", "redis", "postgres", "honcho-logs")
@@ -130,7 +131,7 @@ def main(argv: list[str]) -> int:
         rows = memory(int(argv[1]))
         print("memory per process (MB):  class  pid  RSS  PSS  command")
         for name, pid, cmd, rss, pss in rows:
-            if "python" in cmd or "gunicorn" in cmd or "redis" in cmd:
+            if "python" in cmd or "redis" in cmd:
                 print(f"  {name:13s} {pid:7d} {rss:6.1f} {pss:6.1f}  {cmd}")
         by: dict[str, list[float]] = {}
         for name, _pid, _cmd, rss, pss in rows:

@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=300)
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--sort", default="cumulative", help="cProfile order: cumulative, tottime, ...")
     parser.add_argument("--text", default="hi")
     parser.add_argument("--show-sql", action="store_true", help="print the SQL of the last turn")
     parser.add_argument("--no-profile", action="store_true", help="wall and CPU time only (no cProfile overhead)")
@@ -160,7 +161,7 @@ def profile(args, rport: int) -> int:
         print(f"\n== {name}: {acc[0] / n * 1000:.2f} ms CPU, {acc[3] / n * 1000:.2f} ms wall per turn, "
               f"{acc[1] / n:.1f} SQL statements, {acc[2] / n:.1f} Redis commands per turn")
         if not args.no_profile:
-            pstats.Stats(prof).sort_stats("cumulative").print_stats(args.top)
+            pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
     return 0
 
 

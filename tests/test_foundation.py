@@ -113,23 +113,19 @@ def test_queues(app):
 def test_procfile_processes():
     lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     assert lines["release"].strip() == "flask --app wsgi db upgrade"
-    assert "gunicorn wsgi:app" in lines["web"] and "$PORT" in lines["web"].replace("${PORT:-8000}", "$PORT")
+    assert lines["web"].strip() == "python -m crm.app.server"  # Granian on $PORT, sized from the machine
     assert lines["worker"].split()[-2:] == ["high", "default"]
     assert lines["football"].split()[-1] == "low" and "high" not in lines["football"]
     assert lines["scheduler"].strip().startswith("python scheduler.py")
 
 
-def test_gunicorn_settings_come_from_the_environment(monkeypatch):
-    import runpy
+def test_web_server_settings_come_from_the_environment():
+    from crm.app.server import options
 
-    for name in ("WEB_CONCURRENCY", "WEB_THREADS", "WEB_ACCESS_LOG"):
-        monkeypatch.delenv(name, raising=False)
-    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert (conf["worker_class"], conf["accesslog"]) == ("gthread", None)
-    monkeypatch.setenv("WEB_CONCURRENCY", "3")
-    monkeypatch.setenv("WEB_ACCESS_LOG", "1")
-    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert (conf["workers"], conf["accesslog"]) == (3, "-")
+    conf = options({})
+    assert (conf["port"], conf["address"], conf["log_access"], conf["factory"]) == (8000, "0.0.0.0", False, True)
+    conf = options({"PORT": "5001", "WEB_CONCURRENCY": "3", "WEB_ACCESS_LOG": "1", "WEB_HOST": "127.0.0.1"})
+    assert (conf["port"], conf["address"], conf["workers"], conf["log_access"]) == (5001, "127.0.0.1", 3, True)
 
 
 def test_worker_refuses_football_with_replies():

@@ -54,10 +54,10 @@ def test_a_redis_outage_loses_nothing_and_kills_nothing(make_app, graph):
     import_examples(app)
     port = free_port()
     env = {**os.environ, **app.config["TEST_ENV"], "PYTHONPATH": str(ROOT), "PORT": str(port),
-           "WEB_CONCURRENCY": "1", "LOG_LEVEL": "WARNING"}
+           "WEB_CONCURRENCY": "1", "LOG_LEVEL": "WARNING", "WEB_HOST": "127.0.0.1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     procs = {
-        "web": subprocess.Popen([sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}"],
+        "web": subprocess.Popen([sys.executable, "-m", "crm.app.server"],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         "worker": subprocess.Popen([sys.executable, "-m", "crm.app.worker", "high", "default"], cwd=ROOT, env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),

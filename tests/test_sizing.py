@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import runpy
-
 import pytest
 
 from crm.base import sizing
 from crm.base.sizing import Machine, Plan
-from tests.conftest import ROOT
 
 MB = 2**20
 GB = 2**30
@@ -109,13 +106,11 @@ def test_detect_reads_this_machine():
     assert "core(s)" in machine.describe()
 
 
-def test_gunicorn_sizes_itself_from_the_machine(monkeypatch):
-    for name in ("WEB_CONCURRENCY", "WEB_THREADS", "WEB_ACCESS_LOG"):
-        monkeypatch.delenv(name, raising=False)
+def test_the_web_server_sizes_itself_from_the_machine():
+    from crm.app.server import options
+
     expected = sizing.default_plan(sizing.detect())
-    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert (conf["workers"], conf["threads"]) == (expected.web_processes, expected.web_threads)
-    monkeypatch.setenv("WEB_CONCURRENCY", "3")
-    monkeypatch.setenv("WEB_THREADS", "2")
-    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert (conf["workers"], conf["threads"]) == (3, 2)
+    conf = options({})
+    assert (conf["workers"], conf["blocking_threads"]) == (expected.web_processes, expected.web_threads)
+    conf = options({"WEB_CONCURRENCY": "3", "WEB_THREADS": "2"})
+    assert (conf["workers"], conf["blocking_threads"]) == (3, 2)

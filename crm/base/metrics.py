@@ -1,6 +1,6 @@
 """Prometheus metrics, served at /metrics (crm.app.monitoring).
 
-Every process (gunicorn workers, RQ workers) writes its samples to
+Every process (web workers, RQ workers) writes its samples to
 PROMETHEUS_MULTIPROC_DIR when it is set, and /metrics adds them up; without it
 /metrics shows the web process's own samples only. Queue depths are read from
 Redis at scrape time.

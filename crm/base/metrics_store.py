@@ -288,7 +288,7 @@ _fork_baseline: tuple[int, dict[str, float]] | None = None  # (pid, counts inher
 
 
 def _after_fork_in_child() -> None:
-    """A forked child (RQ's scheduler process, gunicorn with preload) pushes nothing unless it
+    """A forked child (RQ's scheduler process, a web worker forked by its server) pushes nothing unless it
     starts its own pusher; what the parent had counted stays the parent's."""
     global _pusher, _fork_baseline
     if _pusher is not None:

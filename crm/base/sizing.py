@@ -1,7 +1,7 @@
 """How many processes this machine holds: web workers and threads, reply processes.
 
 Pure functions of what the kernel reports (cores we may run on, the cgroup's CPU quota and
-memory limit) plus the environment's overrides, so that gunicorn.conf.py and the reply
+memory limit) plus the environment's overrides, so that the web server (``crm.app.server``) and the reply
 worker pool size themselves the same way and the rules are table-tested.
 
 * Cores: the CPUs this process may run on, capped by a cgroup CPU quota (v2 ``cpu.max``,
@@ -11,7 +11,7 @@ worker pool size themselves the same way and the rules are table-tested.
   dynos say 8 whatever their size; the smallest has 512 MB), so memory caps the counts:
   each of our processes holds about ``PROCESS_MB`` and the plan uses ``MEMORY_SHARE`` of
   the limit, counting the master/supervisor process as one of them.
-* Web: one gunicorn process per core with ``WEB_THREADS`` threads (the webhook is short
+* Web: one web worker process per core with ``WEB_THREADS`` threads (the webhook is short
   and mostly waits on the database and Redis; threads cover the waits).
 * Reply processes: two per core (a reply job waits on the Graph API and the database, so a
   second process per core overlaps those waits).
