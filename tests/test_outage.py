@@ -117,3 +117,24 @@ def test_a_redis_outage_loses_nothing_and_kills_nothing(make_app, graph):
         if redis_server.proc and redis_server.proc.poll() is None:
             redis_server.stop()
         shutil.rmtree(redis_server.dir, ignore_errors=True)
+
+
+def test_an_idle_connection_the_server_dropped_is_replaced_before_use(app):
+    """PostgreSQL restarted (or a proxy dropped the connection) while the pool held it idle:
+    the next checkout pings it, finds it dead and takes a fresh one; nothing fails."""
+    import psycopg
+
+    from crm.base.extensions import IDLE_PING_AFTER, db
+
+    with app.app_context():
+        engine = db.engine
+        if engine.dialect.name == "sqlite":
+            pytest.skip("an SQLite file has no connection to lose")
+        with engine.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            conn.connection.info["used_at"] -= IDLE_PING_AFTER + 1  # as if idle that long
+        with psycopg.connect(engine.url.render_as_string(hide_password=False).replace("+psycopg", ""),
+                             autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid

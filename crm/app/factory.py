@@ -24,12 +24,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(
         SETTINGS=settings,
         SQLALCHEMY_DATABASE_URI=settings.database_url,
-        # A server may drop idle connections; an SQLite file cannot (and a ping per checkout
-        # costs the webhook a round trip).
         # Statement parameters are personal data (phone numbers, what people wrote): never in
-        # an exception's text, so never in a log line.
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": not settings.database_url.startswith("sqlite"),
-                                   "hide_parameters": True},
+        # an exception's text, so never in a log line. (Idle connections to a server are
+        # pinged before use: crm.base.extensions._ping_if_idle.)
+        SQLALCHEMY_ENGINE_OPTIONS={"hide_parameters": True},
         MIGRATIONS_DIR=PROJECT_ROOT / "migrations",
         MAX_CONTENT_LENGTH=1024 * 1024,
         JSON_SORT_KEYS=False,

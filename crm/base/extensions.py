@@ -6,6 +6,8 @@ and ``get_settings``.
 
 from __future__ import annotations
 
+import time
+
 from flask import Flask, current_app
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -14,6 +16,7 @@ from rq import Queue
 from sqlalchemy import MetaData, event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DisconnectionError
 
 from crm.base import keys
 
@@ -38,6 +41,34 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+# A pooled connection idle this long is pinged before use; one in steady use is not.
+IDLE_PING_AFTER = 10.0
+
+
+def _ping_if_idle(dbapi_connection, record, _proxy):
+    """SQLAlchemy's pessimistic disconnect handling (its documented checkout-event recipe),
+    only for a connection that has been idle for ``IDLE_PING_AFTER`` seconds.
+
+    ``pool_pre_ping`` pings on every checkout, and the Session checks a connection out for
+    every transaction: three pings per reply turn on PostgreSQL. A server restart while a
+    connection is in steady use still surfaces as a disconnect error there, which SQLAlchemy
+    answers by refreshing the pool, and which the webhook (503, Meta re-delivers) and the
+    reply runtime (an outage: the turn is retried) already ride out.
+    """
+    now = time.monotonic()
+    idle_since, record.info["used_at"] = record.info.get("used_at"), now
+    if idle_since is not None and now - idle_since < IDLE_PING_AFTER:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception as exc:  # the pool replaces the connection and tries again (three times)
+        raise DisconnectionError() from exc
 
 
 def redis_options(settings) -> dict:
@@ -69,6 +100,8 @@ def init_app(app: Flask) -> None:
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", _sqlite_pragmas)
+        else:  # a server may drop idle connections; an SQLite file cannot
+            event.listen(db.engine, "checkout", _ping_if_idle)
     redis = Redis.from_url(settings.redis_url, **redis_options(settings))
     app.extensions["redis"] = redis
     app.extensions["queues"] = {
