@@ -37,6 +37,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_ticks() -> int:
+    """CPU ticks of every postgres and redis-server process on the host (the servers' share)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        if name.startswith(("postgres", "redis-server")):
+            fields = stat.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=300)
@@ -139,6 +157,7 @@ def profile(args, rport: int) -> int:
         work()
     sides = {"webhook": (post, cProfile.Profile(), [0.0, 0, 0, 0.0]), "worker": (lambda i: work(), cProfile.Profile(),
                                                                            [0.0, 0, 0, 0.0])}
+    servers = server_ticks()
     for i in range(args.turns):
         for name, (fn, prof, acc) in sides.items():
             last.clear()
@@ -156,6 +175,9 @@ def profile(args, rport: int) -> int:
             acc[2] += int(r.info("stats")["total_commands_processed"]) - cmds - 1  # minus our INFO
             if args.show_sql and i == args.turns - 1:
                 print(f"-- {name}: the last turn's SQL", *last, sep="\n  ")
+    servers = server_ticks() - servers
+    print(f"\n== database and Redis servers: {servers / os.sysconf('SC_CLK_TCK') / args.turns * 1000:.2f} ms CPU "
+          "per turn (webhook and worker together; other users of the host's servers count too)")
     for name, (_fn, prof, acc) in sides.items():
         n = args.turns
         print(f"\n== {name}: {acc[0] / n * 1000:.2f} ms CPU, {acc[3] / n * 1000:.2f} ms wall per turn, "

@@ -1,7 +1,7 @@
 """The CRM: one-way layers, from the bottom up.
 
     crm.base     config, database, models, enums, Redis keys, locks, logs, metrics
-    crm.replies  the reply runtime: intake, wake, the contact task, turns, sessions, delivery
+    crm.replies  the reply runtime: intake, wake, serving a contact, turns, sessions, delivery
     crm.app      the application shell: factory, webhook, operator API, worker, CLI
 
 ``flows`` (definition and pure engine) sits between ``crm.base`` and ``crm.replies``;

@@ -185,7 +185,7 @@ def notify_results() -> int:
     """Tell the followers of both teams the result of each newly finished fixture, once.
 
     Each fixture is claimed with a conditional UPDATE (never twice) in the transaction that
-    queues its notices; then every follower is woken as its own contact task, serial with that
+    queues its notices; then every follower is woken on its own (the ready list), serial with that
     contact's own messages (``wake_many``): one follower's failure never holds back the others.
     """
     settings, now = get_settings(), utcnow()

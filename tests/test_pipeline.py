@@ -207,6 +207,34 @@ def test_window_closed_free_form_refused_locally(echo_app, graph):
     assert [b["type"] for b in graph.sent] == ["template"]
 
 
+def test_sigterm_while_a_contact_is_served_finishes_its_turn(make_app, graph):
+    """A deploy stops the reply worker while it is serving a contact off the ready list (the
+    reply is on its way to a slow Graph API): the turn ends, the reply goes once, then it exits."""
+    app = make_app(WHATSAPP_READ_TIMEOUT=5)
+    import_examples(app, ECHO, TWO)
+    graph.script = ["timeout"]  # the first send is answered after 1.5 s
+    (proc,) = spawn_workers(app, 1, burst=False)
+    redis = app.extensions["redis"]
+    try:
+        send(app, "960", "slow")
+        assert wait_for(lambda: not redis.llen("crm:contacts:ready") and any(redis.scan_iter("crm:lock:contact:*")),
+                        20)
+        time.sleep(0.3)  # inside the send
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert graph.texts("960") == ["echo slow #1"]
+    with app.app_context():
+        rows = db.session.execute(select(Message.direction, Message.status, Message.processed_at)
+                                  .order_by(Message.id)).all()
+        assert [(r.direction, r.status) for r in rows] == [("in", "received"), ("out", "sent")]
+        assert rows[0].processed_at is not None
+        assert not any(redis.scan_iter("crm:lock:contact:*")) and not any(redis.scan_iter("crm:queued:*"))
+
+
 def test_worker_killed_mid_job_loses_nothing(echo_app, graph):
     """A worker dies in the middle of a turn: after its lock expires, recovery processes the message once."""
     send(echo_app, "950", "yo")

@@ -22,6 +22,7 @@ workers gracefully; a worker that dies is started again.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -34,7 +35,11 @@ from granian.server import Server
 from crm.app import create_app
 from crm.app.worker import preload
 from crm.base import sizing
+from crm.base.config import Settings
+from crm.base.logs import configure_logging
 from crm.base.metrics_store import start_pusher
+
+log = logging.getLogger("crm.app.server")
 
 
 def web_app() -> Flask:
@@ -65,6 +70,9 @@ def main() -> int:
         print(f"web: {exc}", file=sys.stderr)
         return 2
     preload()  # imported once here, shared copy-on-write by the forked workers
+    configure_logging(Settings.from_env().log_level)
+    log.info("web: %d process(es) x %d threads on port %d (%s)", settings["workers"], settings["blocking_threads"],
+             settings["port"], sizing.detect().describe(), extra={"event": "web.start"})
     Server(**settings).serve()
     return 0
 

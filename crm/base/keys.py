@@ -15,7 +15,7 @@ QUEUE_TIMEOUT = {HIGH: 300, DEFAULT: 300, LOW: 1800}  # job timeout per queue, s
 
 RESULT_TTL = 300  # finished job results, seconds (never read back; RQ deletes them dearer than it keeps)
 FAILURE_TTL = 7 * 24 * 3600  # failed jobs stay a week for inspection in /rq
-CONTACT_JOB_TIMEOUT = 120  # one contact task, seconds
+CONTACT_JOB_TIMEOUT = 120  # serving one contact (a ready-list turn or a due retry job), seconds
 
 SEEN_TTL = 7 * 24 * 3600  # a webhook message id already stored: later copies skip the database
 QUEUED_TTL = 60  # a contact is on the ready list or being served (covers a crash after the pop)

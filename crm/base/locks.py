@@ -72,7 +72,7 @@ class TokenLock:
 
 
 class ContactLock(TokenLock):
-    """One contact's work runs under this lock: the contact task, or an operator action."""
+    """One contact's work runs under this lock: serving the contact, or an operator action."""
 
     def __init__(self, redis: Redis, contact_id: int, ttl_ms: int = keys.LOCK_TTL_MS):
         super().__init__(redis, keys.contact_lock(contact_id), ttl_ms)

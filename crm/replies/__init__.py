@@ -2,7 +2,7 @@
 
     intake     store what the webhook receives (exactly once)
     wake       the one way to schedule work for a contact (queue ``high``)
-    contact    the contact task: lock, deliver the outbox, answer one message, requeue
+    contact    serving a contact: lock, deliver the outbox, answer one message, requeue
     turns      run the engine for one message and persist its events
     sessions   open, find and end flow sessions (the one way to end one)
     delivery   ordered, retried sends of a contact's outbox

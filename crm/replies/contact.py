@@ -261,7 +261,7 @@ def serve_contact(contact_id: int) -> str:
     try:
         more = drain(contact_id, lock, max_turns=TURNS_PER_SERVE)
     except LockLost as exc:
-        log.warning("contact task stopped: %s", exc, extra={"event": "flow.lock_lost", "contact_id": contact_id})
+        log.warning("serving the contact stopped: %s", exc, extra={"event": "flow.lock_lost", "contact_id": contact_id})
         outcome = "lock lost"
     except Exception:
         outcome = "failed"

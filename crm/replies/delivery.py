@@ -172,7 +172,7 @@ class OutboxPass:
     on_sent: Callable[[int, float], None] | None = None
     sent: list[int] = field(default_factory=list)
     user_id: str | None = None
-    # Where the messages go: None is the Graph API (``get_client()``); the contact task passes
+    # Where the messages go: None is the Graph API (``get_client()``); serve_contact passes
     # the simulator's sink for test contacts (``contacts.is_test``).
     client: WhatsAppClient | SimulatorClient | None = None
 

@@ -320,7 +320,7 @@ class contact_lock:  # a context manager, named like one
     def __exit__(self, *_exc):
         db.session.rollback()
         self.lock.release()
-        # A contact task that found the contact busy returned at once: pick up what waited.
+        # A server that found the contact busy returned at once: pick up what waited.
         if has_work(self.contact_id):
             wake(self.contact_id)
 

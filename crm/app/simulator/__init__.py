@@ -1,7 +1,7 @@
 """The flow simulator (``/simulator``): chat with the bot as a test contact, no WhatsApp needed.
 
 It runs the real runtime: a typed message or a pressed button is stored by the real intake
-and answered by the real contact task (run in the request, so the page gets the answer at
+and answered by the real ``serve_contact`` (run in the request, so the page gets the answer at
 once), with the real engine, actions and expiry rules. Only the last hop differs: messages
 to test contacts (``contacts.is_test``) go to a sink instead of the Graph API. Test
 contacts are left out of stats, handovers, contact lists and the inbox.

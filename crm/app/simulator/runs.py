@@ -28,7 +28,7 @@ from flows.models import FlowSession
 from flows.store import library_cache
 from integrations.whatsapp.inbound import parse_webhook
 
-ANSWER_SECONDS = 5.0  # how long a request waits for a contact task another process holds
+ANSWER_SECONDS = 5.0  # how long a request waits while another process serves the contact
 HISTORY = 500  # messages shown
 TEXT_MAX = 4096
 
