@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -149,6 +150,18 @@ def spawn_workers(app, n: int, burst: bool = True, queues=("high", "default"), p
     args += ["--burst"] if burst else []
     popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, **popen}
     return [subprocess.Popen(args, cwd=ROOT, env=env, **popen) for _ in range(n)]
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """SIGTERM (a warm shutdown) and the exit status; still alive after ``timeout``: killed, None."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return None
 
 
 def import_examples(app, *extra_docs: str):

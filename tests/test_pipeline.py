@@ -12,7 +12,16 @@ from sqlalchemy import func, select
 from crm.base.extensions import db
 from crm.base.models import Contact, Message, utcnow
 from integrations.whatsapp import messages as wa
-from tests.helpers import envelope, import_examples, message, post_webhook, run_worker, spawn_workers, wait_for
+from tests.helpers import (
+    envelope,
+    import_examples,
+    message,
+    post_webhook,
+    run_worker,
+    spawn_workers,
+    terminate,
+    wait_for,
+)
 
 ECHO = """
 name: echo
@@ -207,6 +216,11 @@ def test_window_closed_free_form_refused_locally(echo_app, graph):
     assert [b["type"] for b in graph.sent] == ["template"]
 
 
+def turn_under_way(redis) -> bool:
+    """Popped off the ready list, the contact's lock taken: a reply worker is serving it."""
+    return not redis.llen("crm:contacts:ready") and any(redis.scan_iter("crm:lock:contact:*"))
+
+
 def test_sigterm_while_a_contact_is_served_finishes_its_turn(make_app, graph):
     """A deploy stops the reply worker while it is serving a contact off the ready list (the
     reply is on its way to a slow Graph API): the turn ends, the reply goes once, then it exits."""
@@ -217,15 +231,11 @@ def test_sigterm_while_a_contact_is_served_finishes_its_turn(make_app, graph):
     redis = app.extensions["redis"]
     try:
         send(app, "960", "slow")
-        assert wait_for(lambda: not redis.llen("crm:contacts:ready") and any(redis.scan_iter("crm:lock:contact:*")),
-                        20)
+        assert wait_for(lambda: turn_under_way(redis), 20)
         time.sleep(0.3)  # inside the send
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        code = terminate(proc)
+    assert code == 0
     assert graph.texts("960") == ["echo slow #1"]
     with app.app_context():
         rows = db.session.execute(select(Message.direction, Message.status, Message.processed_at)
@@ -249,8 +259,8 @@ def test_worker_killed_mid_job_loses_nothing(echo_app, graph):
         blocker.exec_driver_sql("LOCK TABLE flow_sessions IN ACCESS EXCLUSIVE MODE")
     (proc,) = spawn_workers(echo_app, 1, burst=False)
     redis = echo_app.extensions["redis"]
-    try:  # popped off the ready list, the contact's lock taken: the turn is under way
-        assert wait_for(lambda: not redis.llen("crm:contacts:ready") and any(redis.scan_iter("crm:lock:contact:*")), 20)
+    try:
+        assert wait_for(lambda: turn_under_way(redis), 20)
         time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, make_env
+from tests.helpers import ROOT, make_env, terminate
 
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, time
@@ -136,12 +136,9 @@ def test_reply_worker_pool_finishes_the_running_job_on_sigterm(tmp_path, redis_u
         pids = [w.pid for w in Worker.all(connection=redis)]
         job = Queue("high", connection=redis).enqueue("time.sleep", 1.5)
         assert wait_for(lambda: job.get_status(refresh=True) == "started", 10)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        code = terminate(proc)
+    assert code == 0
     assert job.get_status(refresh=True) == "finished"
     assert not any(alive(pid) for pid in pids)
     log = proc.stderr.read()
