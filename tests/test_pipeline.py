@@ -262,9 +262,9 @@ def test_worker_killed_mid_job_loses_nothing(echo_app, graph):
     try:
         assert wait_for(lambda: turn_under_way(redis), 20)
         time.sleep(0.5)
+    finally:  # killed mid-turn (and never left running, whatever failed above)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    finally:
         blocker.rollback()
         blocker.close()
     assert graph.sent == []
