@@ -183,7 +183,8 @@ def test_handover_scenario(api_app, client, graph):
     say(api_app, "26500", "anyone there")
     assert len(graph.texts("26500")) == bot_said  # the bot stays silent
     with api_app.app_context():
-        stored = db.session.execute(select(Message.text).where(Message.direction == "in")).scalars().all()
+        stored = db.session.execute(select(Message.text).where(Message.direction == "in")
+                                    .order_by(Message.id)).scalars().all()
         assert stored[-2:] == ["hello?", "anyone there"]
     client.post(f"/api/contacts/{cid}/messages", headers=AUTH, json={"type": "text", "text": "Hi, Bo here"})
     run_worker(api_app)
