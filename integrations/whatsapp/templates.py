@@ -63,7 +63,17 @@ MAX_PAGES = 1000  # 100 000 templates: a loop guard, far above Meta's per-accoun
 RETRYABLE_CODES = {1, 2, 4, 17, 32, 613, 80008}
 
 
-class TemplateStatus(StrEnum):
+class _MetaValue(StrEnum):
+    """Meta's spelling in any case; a value this version does not know is ``UNKNOWN``."""
+
+    @classmethod
+    def _missing_(cls, value):
+        if isinstance(value, str) and value.upper() in cls.__members__:
+            return cls[value.upper()]
+        return cls.__members__["UNKNOWN"]
+
+
+class TemplateStatus(_MetaValue):
     APPROVED = "APPROVED"
     PENDING = "PENDING"
     REJECTED = "REJECTED"
@@ -76,14 +86,8 @@ class TemplateStatus(StrEnum):
     LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
     UNKNOWN = "UNKNOWN"
 
-    @classmethod
-    def _missing_(cls, value):
-        if isinstance(value, str) and value.upper() in cls.__members__:
-            return cls[value.upper()]
-        return cls.UNKNOWN
 
-
-class TemplateEvent(StrEnum):
+class TemplateEvent(_MetaValue):
     APPROVED = "APPROVED"
     PENDING = "PENDING"
     REJECTED = "REJECTED"
@@ -100,12 +104,6 @@ class TemplateEvent(StrEnum):
     LOCKED = "LOCKED"
     UNLOCKED = "UNLOCKED"
     UNKNOWN = "UNKNOWN"
-
-    @classmethod
-    def _missing_(cls, value):
-        if isinstance(value, str) and value.upper() in cls.__members__:
-            return cls[value.upper()]
-        return cls.UNKNOWN
 
 
 # The status an event puts the template in; None: the event says nothing about it (a sync does).
