@@ -31,6 +31,23 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET, VERIFY, TOKEN, PNID = "app-secret-for-tests", "verify-me", "graph-token-for-tests", "100000000000001"
 
 
+# Catch-all flows for pipeline tests: ECHO repeats the text; COUNTING_ECHO also numbers each
+# contact's messages (a contact field), so order and exactly-once show in the replies.
+ECHO = """
+name: echo
+triggers: {catch_all: true}
+steps:
+  - {id: say, type: send, messages: ["echo {{ message.text }}"]}
+"""
+COUNTING_ECHO = """
+name: echo
+triggers: {catch_all: true}
+steps:
+  - {id: count, type: set, contact_fields: {count: "{{ (contact.fields.count or 0) | int + 1 }}"}}
+  - {id: say, type: send, messages: ["echo {{ message.text }} #{{ contact.fields.count }}"]}
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

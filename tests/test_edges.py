@@ -32,14 +32,8 @@ from flows import engine as e
 from flows.document import FlowError, parse_flow
 from flows.store import load_files
 from flows.templating import must_propagate
-from tests.helpers import ROOT, envelope, free_port, import_examples, message, post_webhook, run_worker, sign
+from tests.helpers import ECHO, ROOT, envelope, free_port, import_examples, message, post_webhook, run_worker, sign
 
-ECHO = """
-name: echo
-triggers: {catch_all: true}
-steps:
-  - {id: say, type: send, messages: ["echo {{ message.text }}"]}
-"""
 AGE = """
 name: age
 triggers: {keywords: [age]}

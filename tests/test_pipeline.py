@@ -13,6 +13,7 @@ from crm.base.extensions import db
 from crm.base.models import Contact, Message, utcnow
 from integrations.whatsapp import messages as wa
 from tests.helpers import (
+    COUNTING_ECHO,
     envelope,
     import_examples,
     message,
@@ -23,13 +24,6 @@ from tests.helpers import (
     wait_for,
 )
 
-ECHO = """
-name: echo
-triggers: {catch_all: true}
-steps:
-  - {id: count, type: set, contact_fields: {count: "{{ (contact.fields.count or 0) | int + 1 }}"}}
-  - {id: say, type: send, messages: ["echo {{ message.text }} #{{ contact.fields.count }}"]}
-"""
 TWO = """
 name: two
 triggers: {keywords: [two]}
@@ -40,14 +34,13 @@ steps:
 
 @pytest.fixture
 def echo_app(app):
-    import_examples(app, ECHO, TWO)
+    import_examples(app, COUNTING_ECHO, TWO)
     return app
 
 
 def send(app, wa_id, text, wamid=None):
     response = post_webhook(app.test_client(), envelope([message(wa_id, body=text, wamid=wamid)]))
     assert response.status_code == 200
-
 
 
 def test_reply_read_receipt_and_rows(echo_app, graph):
@@ -225,7 +218,7 @@ def test_sigterm_while_a_contact_is_served_finishes_its_turn(make_app, graph):
     """A deploy stops the reply worker while it is serving a contact off the ready list (the
     reply is on its way to a slow Graph API): the turn ends, the reply goes once, then it exits."""
     app = make_app(WHATSAPP_READ_TIMEOUT=5)
-    import_examples(app, ECHO, TWO)
+    import_examples(app, COUNTING_ECHO, TWO)
     graph.script = ["timeout"]  # the first send is answered after 1.5 s
     (proc,) = spawn_workers(app, 1, burst=False)
     redis = app.extensions["redis"]

@@ -7,12 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, make_env, terminate
+from tests.helpers import ROOT, make_env, terminate, wait_for
 
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, time
@@ -47,15 +46,6 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -94,10 +84,10 @@ def test_children_that_keep_dying_at_start_stop_the_pool(pool):
 def test_a_dead_child_is_replaced_and_sigterm_is_a_warm_shutdown(pool):
     start, lines = pool
     proc = start("serve")
-    assert wait_for(lambda: len(lines("start")) == 2)
+    assert wait_for(lambda: len(lines("start")) == 2, 20)
     first = {index: int(pid) for index, pid in lines("start")}
     os.kill(first["0"], signal.SIGKILL)
-    assert wait_for(lambda: len(lines("start")) == 3)
+    assert wait_for(lambda: len(lines("start")) == 3, 20)
     index, pid = lines("start")[-1]
     assert index == "0" and int(pid) != first["0"] and alive(int(pid))
     proc.send_signal(signal.SIGTERM)
@@ -109,7 +99,7 @@ def test_a_dead_child_is_replaced_and_sigterm_is_a_warm_shutdown(pool):
 def test_children_stop_when_the_pool_is_killed(pool):
     start, lines = pool
     proc = start("serve")
-    assert wait_for(lambda: len(lines("start")) == 2)
+    assert wait_for(lambda: len(lines("start")) == 2, 20)
     proc.kill()
     proc.wait(10)
     pids = [int(pid) for _index, pid in lines("start")]

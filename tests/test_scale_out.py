@@ -17,17 +17,10 @@ from sqlalchemy import func, select
 from crm.base.extensions import db
 from crm.base.models import Message
 from tests.conftest import POSTGRES
-from tests.helpers import envelope, import_examples, message, post_webhook, spawn_workers
+from tests.helpers import COUNTING_ECHO, envelope, import_examples, message, post_webhook, spawn_workers, wait_for
 
 pytestmark = pytest.mark.slow
 
-ECHO = """
-name: echo
-triggers: {catch_all: true}
-steps:
-  - {id: count, type: set, contact_fields: {count: "{{ (contact.fields.count or 0) | int + 1 }}"}}
-  - {id: say, type: send, messages: ["echo {{ message.text }} #{{ contact.fields.count }}"]}
-"""
 CONTACTS, MESSAGES = 20, 10
 
 
@@ -39,15 +32,6 @@ def database_url(request):
             pytest.fail("the scale-out test needs PostgreSQL (TEST_POSTGRES_URL) under CI")
         pytest.skip("no PostgreSQL")
     return request.getfixturevalue("postgres_database")
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def parent_of(pid: int) -> int | None:
@@ -62,7 +46,7 @@ def test_two_worker_pools_keep_each_contacts_order_and_answer_once(make_app, gra
     from rq import Worker
 
     app = make_app(LOG_LEVEL="INFO")  # each turn logs one line (flow.turn): the pools' logs tell who served
-    import_examples(app, ECHO)
+    import_examples(app, COUNTING_ECHO)
     redis = app.extensions["redis"]
     logs = [open(tmp_path / f"pool{i}.log", "w+") for i in range(2)]  # noqa: SIM115 - closed below
     pools = [spawn_workers(app, 1, burst=False, processes=2, stderr=log)[0] for log in logs]

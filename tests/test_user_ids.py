@@ -13,14 +13,8 @@ from crm.base.extensions import db
 from crm.base.models import Contact, Message
 from integrations.whatsapp import messages as wa
 from integrations.whatsapp.inbound import parse_webhook
-from tests.helpers import PNID, import_examples, post_webhook, run_worker
+from tests.helpers import ECHO, PNID, import_examples, post_webhook, run_worker
 
-ECHO = """
-name: echo
-triggers: {catch_all: true}
-steps:
-  - {id: say, type: send, messages: ["echo {{ message.text }}"]}
-"""
 BSUID = "US.13491208655302741918"
 
 
