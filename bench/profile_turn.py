@@ -29,6 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import procs  # noqa: E402 - bench/procs.py: per-process CPU from /proc
 
 
 def free_port() -> int:
@@ -38,21 +41,11 @@ def free_port() -> int:
 
 
 def server_ticks() -> int:
-    """CPU ticks of every postgres and redis-server process on the host (the servers' share)."""
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        if name.startswith(("postgres", "redis-server")):
-            fields = stat.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total
+    """CPU ticks of every PostgreSQL and Redis server process on the host (bench/procs.py reads them)."""
+    me = str(os.getpid())  # our own command line may say "postgres" (--database postgres)
+    stats = (procs._stat(pid) for pid in os.listdir("/proc") if pid.isdigit() and pid != me)
+    return sum(ticks for stat in stats if stat is not None
+               for _ppid, ticks, cmd in [stat] if procs.classify(cmd) in ("postgres", "redis"))
 
 
 def main() -> int:
