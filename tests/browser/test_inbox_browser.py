@@ -57,7 +57,9 @@ def test_handover_claim_answer_resolve(live, browser, shoot):
     bo.find_element(By.ID, "name").send_keys("Bo")
     bo.find_element(By.ID, "password").send_keys("not the password")
     bo.find_element(By.ID, "sign-in").click()
-    assert "Wrong name or password" in bo.find_element(By.ID, "login-error").text
+    # the click returns before the answer page has loaded: wait for it, as sign_in does
+    error = wait(bo, lambda d: d.find_elements(By.ID, "login-error"))
+    assert "Wrong name or password" in error[0].text
     sign_in(bo, live, "Bo")
     bo.execute_script("window.__same_page = true")
 
