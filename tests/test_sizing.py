@@ -67,16 +67,16 @@ def test_usable_cores(affinity, quota, cores):
 
 @pytest.mark.parametrize(("machine", "plan"), [
     # this benchmark box: 2 cores, no memory limit -> the sizes the benchmarks run
-    (Machine(2, None), Plan(2, 4, 4)),
-    (Machine(1, None), Plan(1, 4, 2)),
+    (Machine(2, None), Plan(2, 4, 2, 4)),
+    (Machine(1, None), Plan(1, 4, 1, 4)),
     # Heroku Basic / Standard-1X: reports 8 cores, holds 512 MB -> memory decides (0.8 * 512 / 85 = 4, minus the master)
-    (Machine(8, 512 * MB), Plan(3, 4, 3)),
+    (Machine(8, 512 * MB), Plan(3, 4, 3, 4)),
     # Standard-2X: 8 cores reported, 1 GB
-    (Machine(8, GB), Plan(8, 4, 8)),
+    (Machine(8, GB), Plan(8, 4, 8, 4)),
     # Performance-M: 2 dedicated cores, 2.5 GB -> cores decide
-    (Machine(2, 2560 * MB), Plan(2, 4, 4)),
+    (Machine(2, 2560 * MB), Plan(2, 4, 2, 4)),
     # a tiny container still runs one of each
-    (Machine(4, 128 * MB), Plan(1, 4, 1)),
+    (Machine(4, 128 * MB), Plan(1, 4, 1, 4)),
 ])
 def test_default_plan(machine, plan):
     assert sizing.default_plan(machine) == plan
@@ -84,15 +84,16 @@ def test_default_plan(machine, plan):
 
 def test_environment_overrides_the_computed_values():
     machine = Machine(8, 512 * MB)
-    env = {"WEB_CONCURRENCY": "5", "WEB_THREADS": "8", "WORKER_PROCESSES": "6"}
-    assert sizing.plan(env, machine) == Plan(5, 8, 6)
-    assert sizing.plan({"WORKER_PROCESSES": " "}, machine) == Plan(3, 4, 3)  # empty = computed
+    env = {"WEB_CONCURRENCY": "5", "WEB_THREADS": "8", "WORKER_PROCESSES": "6", "WORKER_THREADS": "16"}
+    assert sizing.plan(env, machine) == Plan(5, 8, 6, 16)
+    assert sizing.plan({"WORKER_PROCESSES": " "}, machine) == Plan(3, 4, 3, 4)  # empty = computed
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("WORKER_PROCESSES", "four", "WORKER_PROCESSES must be a whole number"),
     ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be at least 1"),
     ("WEB_THREADS", "-2", "WEB_THREADS must be at least 1"),
+    ("WORKER_THREADS", "0", "WORKER_THREADS must be at least 1"),
 ])
 def test_bad_overrides_name_the_variable(name, value, message):
     with pytest.raises(sizing.SizingError, match=message):

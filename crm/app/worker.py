@@ -4,8 +4,9 @@
     python -m crm.app.worker low               # the football worker: one process, lowest priority
 
 The reply line of the Procfile starts the whole pool itself (``WORKER_PROCESSES``, default
-two per usable core capped by the memory limit, see ``crm/base/sizing.py``): one dyno or one
-honcho line runs exactly what the benchmarks measure. The pool (``crm/app/pool.py``) imports
+one per usable core capped by the memory limit, each serving from ``WORKER_THREADS`` threads,
+default 4, see ``crm/base/sizing.py``): one dyno or one honcho line runs exactly what the
+benchmarks measure. The pool (``crm/app/pool.py``) imports
 the code once, forks, and each child builds its own app (database engine, Redis client) after
 the fork; a dead child is restarted with backoff, SIGTERM/SIGINT are forwarded for a warm
 shutdown. With one process there is no pool: the worker runs in this process.
@@ -13,7 +14,9 @@ shutdown. With one process there is no pool: the worker runs in this process.
 A reply worker pops the ready list of woken contacts (``crm:contacts:ready``, see
 ``crm.replies.wake``) together with RQ's queues, in one BLPOP (``ReadyQueue``): a contact is
 served at once in this process, with no RQ job; jobs (a retry that is due, the expiry
-sweep, ...) run as RQ jobs. Measured with ``bench/profile_turn.py``: RQ's bookkeeping was 49
+sweep, ...) run as RQ jobs. The process's other threads (``ReadyThreads``) pop the ready list
+alone and serve what they pop the same way, so while one turn waits on the Graph API the
+others go on. Measured with ``bench/profile_turn.py``: RQ's bookkeeping was 49
 Redis commands and about 40 % of the reply worker's CPU per turn when each wake was a job.
 
 Why ``SimpleWorker`` (no fork per job): measured on this machine, a forking
@@ -39,6 +42,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 from rq import Queue, SimpleWorker
@@ -93,15 +97,12 @@ class AppWorker(SimpleWorker):
         """
         self._state = WorkerStatus.BUSY  # in memory only: RQ's shutdown handler reads it
         try:
-            with self.app.app_context():
-                try:
-                    with self.death_penalty_class(keys.CONTACT_JOB_TIMEOUT, JobTimeoutException):
-                        serve_ready(contact_id)
-                except JobTimeoutException:  # the lock expires; the marker too, then recovery wakes it
-                    log.error("serving contact %s took longer than %s s; abandoned", contact_id,
-                              keys.CONTACT_JOB_TIMEOUT, extra={"event": "flow.task_timeout", "contact_id": contact_id})
-                finally:
-                    db.session.remove()
+            try:
+                with self.death_penalty_class(keys.CONTACT_JOB_TIMEOUT, JobTimeoutException):
+                    serve_in(self.app, contact_id)
+            except JobTimeoutException:  # the lock expires; the marker too, then recovery wakes it
+                log.error("serving contact %s took longer than %s s; abandoned", contact_id,
+                          keys.CONTACT_JOB_TIMEOUT, extra={"event": "flow.task_timeout", "contact_id": contact_id})
         finally:
             self._state = WorkerStatus.IDLE
         if self._stop_requested:
@@ -109,6 +110,64 @@ class AppWorker(SimpleWorker):
         self.heartbeat()  # RQ's loop does these between jobs; a busy ready list may never let it
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
+
+
+def serve_in(app, contact_id: int) -> None:
+    """Serve a contact popped off the ready list, in its own application context and session."""
+    with app.app_context():
+        try:
+            serve_ready(contact_id)
+        finally:
+            db.session.remove()
+
+
+class ReadyThreads:
+    """The other servers of the ready list in a reply process: ``count`` threads that each pop a
+    contact (BLPOP on the ready list alone; the main thread also watches RQ's queues) and serve
+    it, so the process keeps answering while a turn waits on the Graph API or the database.
+
+    Only the main thread gets signals, so these turns have no SIGALRM death penalty: a turn is
+    bounded by the Graph API's timeouts and the database's, and the contact's lock expires in
+    any case. ``stop`` lets each thread finish the contact it holds (the warm shutdown).
+    """
+
+    POLL = 1.0  # seconds a thread blocks on the ready list before it looks at the stop flag
+
+    def __init__(self, app, count: int):
+        self.app, self.count = app, count
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for i in range(self.count):
+            thread = threading.Thread(target=self._run, name=f"ready-{i + 1}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _run(self) -> None:
+        redis, wait = self.app.extensions["redis"], 1.0
+        while not self._stop.is_set():
+            try:
+                found = redis.blpop([keys.READY], timeout=self.POLL)
+            except OUTAGE_ERRORS:  # the main thread logs the outage; here: wait, with backoff
+                self._stop.wait(wait)
+                wait = min(wait * 2, 10.0)
+                continue
+            wait = 1.0
+            if found is None:
+                continue
+            try:
+                contact_id = int(found[1])
+            except ValueError:
+                log.error("ready list held %r, not a contact id; dropped", found[1][:100],
+                          extra={"event": "worker.bad_ready_item"})
+                continue
+            serve_in(self.app, contact_id)  # serve_ready logs a contact's failure and returns
 
 
 class ReadyQueue(Queue):
@@ -170,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name")
     parser.add_argument("--processes", type=int, help="reply processes (default: WORKER_PROCESSES or sized "
                                                       "from the cores and memory limit)")
+    parser.add_argument("--threads", type=int, help="contacts each reply process serves at once "
+                                                    "(default: WORKER_THREADS or 4; 1 with --burst)")
     args = parser.parse_args(argv)
     if keys.LOW in args.queues and keys.HIGH in args.queues:
         parser.error("football jobs (low) must not share a process with replies (high)")
@@ -183,30 +244,41 @@ def main(argv: list[str] | None = None) -> int:
         lower_priority()
         return start(args.queues, args.name, args.burst)
     try:
-        size = args.processes or sizing.plan().reply_processes
+        plan = sizing.plan()
     except sizing.SizingError as exc:
         parser.error(str(exc))
-    if size < 1:
-        parser.error("--processes must be at least 1")
+    size = args.processes or plan.reply_processes
+    threads = 1 if args.burst else args.threads or plan.reply_threads  # a burst drains and exits: one thread
+    if size < 1 or threads < 1:
+        parser.error("--processes and --threads must be at least 1")
+    log.info("reply workers: %d process(es) x %d thread(s) on %s", size, threads, sizing.detect().describe(),
+             extra={"event": "worker.pool"})
     if size == 1:
-        return start(args.queues, args.name, args.burst)
+        return start(args.queues, args.name, args.burst, threads)
     from crm.app.pool import Pool
 
     preload()  # imported once here, shared copy-on-write by the children
-    log.info("reply workers: %d process(es) on %s", size, sizing.detect().describe(),
-             extra={"event": "worker.pool"})
 
     def child(index: int) -> int:  # RQ refuses a name a live (or crashed, until its key expires) worker has
-        return start(args.queues, f"{args.name}-{index}-{os.getpid()}" if args.name else None, args.burst)
+        return start(args.queues, f"{args.name}-{index}-{os.getpid()}" if args.name else None, args.burst,
+                     threads)
 
     return Pool(size, child, name="reply worker", restart=not args.burst).run()
 
 
-def start(queue_names: list[str], name: str | None, burst: bool) -> int:
-    """Build this process's app (after any fork) and work."""
+def start(queue_names: list[str], name: str | None, burst: bool, threads: int = 1) -> int:
+    """Build this process's app (after any fork) and work: the main thread runs RQ's worker,
+    ``threads - 1`` more serve the ready list (reply processes only)."""
     app = create_app()
     start_pusher(app)  # this process's metrics reach /metrics through Redis
-    return run(app, queue_names, name, burst=burst)
+    others = ReadyThreads(app, threads - 1) if keys.HIGH in queue_names and threads > 1 else None
+    if others:
+        others.start()
+    try:
+        return run(app, queue_names, name, burst=burst)
+    finally:
+        if others:
+            others.stop()  # after RQ's warm shutdown: each thread finishes its contact
 
 
 def run(app, queue_names: list[str], name: str | None = None, burst: bool = False) -> int:

@@ -13,10 +13,16 @@ worker pool size themselves the same way and the rules are table-tested.
   the limit, counting the master/supervisor process as one of them.
 * Web: one web worker process per core with ``WEB_THREADS`` threads (the webhook is short
   and mostly waits on the database and Redis; threads cover the waits).
-* Reply processes: two per core (a reply job waits on the Graph API and the database, so a
-  second process per core overlaps those waits).
+* Reply processes: one per core, each serving contacts from ``REPLY_THREADS`` threads (a turn
+  waits on the Graph API, the database and Redis; threads cover the waits, and a thread costs a
+  few MB where a process costs ``PROCESS_MB``). Measured with ``bench/cpu_split.sh`` (2 cores,
+  fake Graph API answering at once): 4 processes x 1 thread spent 8.1 ms CPU per reply and
+  answered 193/s, 2 processes x 4 threads 5.3 ms and 264/s: more processes than cores mostly
+  buys contention. With a Graph API answering after 100 ms (``bench/graph_latency.sh``)
+  threads are what keeps replies moving: 20/s with 4 x 1, 37/s with 2 x 4, 75/s with 2 x 8.
 
-``WEB_CONCURRENCY``, ``WEB_THREADS`` and ``WORKER_PROCESSES`` override the computed values.
+``WEB_CONCURRENCY``, ``WEB_THREADS``, ``WORKER_PROCESSES`` and ``WORKER_THREADS`` override the
+computed values.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from pathlib import Path
 PROCESS_MB = 85  # measured resident size of one app process (web worker or reply process)
 MEMORY_SHARE = 0.8  # leave room for growth and the platform: Heroku stops a dyno past its quota
 WEB_THREADS = 4
-REPLY_PROCESSES_PER_CORE = 2
+REPLY_PROCESSES_PER_CORE = 1
+REPLY_THREADS = 4
 UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -52,6 +59,7 @@ class Plan:
     web_processes: int
     web_threads: int
     reply_processes: int
+    reply_threads: int
 
 
 class SizingError(ValueError):
@@ -151,7 +159,7 @@ def default_plan(machine: Machine) -> Plan:
         return max(1, n if fit is None else min(n, fit))
 
     return Plan(web_processes=cap(machine.cores), web_threads=WEB_THREADS,
-                reply_processes=cap(REPLY_PROCESSES_PER_CORE * machine.cores))
+                reply_processes=cap(REPLY_PROCESSES_PER_CORE * machine.cores), reply_threads=REPLY_THREADS)
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
@@ -168,9 +176,11 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 def plan(env: Mapping[str, str] | None = None, machine: Machine | None = None) -> Plan:
-    """The computed defaults with ``WEB_CONCURRENCY``, ``WEB_THREADS``, ``WORKER_PROCESSES`` applied."""
+    """The computed defaults with ``WEB_CONCURRENCY``, ``WEB_THREADS``, ``WORKER_PROCESSES`` and
+    ``WORKER_THREADS`` applied."""
     env = os.environ if env is None else env
     base = default_plan(machine or detect())
     return Plan(web_processes=_positive(env, "WEB_CONCURRENCY", base.web_processes),
                 web_threads=_positive(env, "WEB_THREADS", base.web_threads),
-                reply_processes=_positive(env, "WORKER_PROCESSES", base.reply_processes))
+                reply_processes=_positive(env, "WORKER_PROCESSES", base.reply_processes),
+                reply_threads=_positive(env, "WORKER_THREADS", base.reply_threads))

@@ -1,0 +1,94 @@
+"""A reply process serves several contacts at once from its threads (``WORKER_THREADS``), so a
+slow Graph API holds back one turn, not the process; a warm shutdown lets every thread finish."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from pytest_httpserver import HTTPServer
+from sqlalchemy import select
+
+from crm.base.extensions import db
+from crm.base.models import Message
+from tests.helpers import (
+    ECHO,
+    FakeGraph,
+    envelope,
+    import_examples,
+    message,
+    post_webhook,
+    spawn_workers,
+    terminate,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+USERS = ["9701", "9702", "9703", "9704"]
+
+
+class SlowGraph(FakeGraph):
+    """The fake Graph API on a threaded server, answering each message send after ``delay``
+    seconds; counts the sends in flight at once (read receipts are answered at once)."""
+
+    def __init__(self, server, delay: float):
+        super().__init__(server)
+        self.delay, self.in_flight, self.most_at_once = delay, 0, 0
+        self.release = threading.Event()  # set: sends are answered without waiting
+
+    def handle(self, request):
+        if b'"status"' in request.data:  # a read receipt
+            return super().handle(request)
+        with self.lock:
+            self.in_flight += 1
+            self.most_at_once = max(self.most_at_once, self.in_flight)
+        try:
+            self.release.wait(self.delay)
+            return super().handle(request)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+@pytest.fixture
+def slow_graph():
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield SlowGraph(server, delay=20.0)
+    server.clear()
+    server.stop()
+
+
+def test_one_process_serves_contacts_at_once_and_finishes_them_all_on_sigterm(make_app, slow_graph):
+    """Four contacts write to one reply process of four threads while each send hangs on the Graph
+    API: all four turns are under way at once. A SIGTERM then lets each thread finish its turn:
+    every contact gets its one reply, the process exits 0, nothing stays locked."""
+    app = make_app(WHATSAPP_API_URL=slow_graph.server.url_for("").rstrip("/"), WHATSAPP_READ_TIMEOUT=30,
+                   WORKER_THREADS=4)
+    import_examples(app, ECHO)
+    (proc,) = spawn_workers(app, 1, burst=False)
+    redis = app.extensions["redis"]
+    try:
+        client = app.test_client()
+        for wa_id in USERS:
+            assert post_webhook(client, envelope([message(wa_id, body=f"hi {wa_id}")])).status_code == 200
+        assert wait_for(lambda: slow_graph.in_flight == len(USERS), 30), \
+            f"sends in flight at once: {slow_graph.most_at_once} of {len(USERS)}"
+        proc.send_signal(15)  # a deploy, while four replies are on their way
+        time.sleep(0.5)
+        assert proc.poll() is None  # it waits for the turns in hand
+        slow_graph.release.set()
+        code = terminate(proc)
+    finally:
+        slow_graph.release.set()
+        terminate(proc)
+    assert code == 0, proc.stderr.read()
+    for wa_id in USERS:
+        assert slow_graph.texts(wa_id) == [f"echo hi {wa_id}"]
+    with app.app_context():
+        rows = db.session.execute(select(Message.direction, Message.status, Message.processed_at)).all()
+    assert sorted((r.direction, r.status) for r in rows) == [("in", "received")] * 4 + [("out", "sent")] * 4
+    assert all(r.processed_at is not None for r in rows if r.direction == "in")
+    assert not any(redis.scan_iter("crm:lock:contact:*")) and not any(redis.scan_iter("crm:queued:*"))
+    assert redis.llen("crm:contacts:ready") == 0
