@@ -261,6 +261,11 @@ def test_worker_killed_mid_job_loses_nothing(echo_app, graph):
         blocker.rollback()
         blocker.close()
     assert graph.sent == []
+    # nothing of the killed worker listens any more: RQ's scheduler process, forked from it,
+    # holds copies of its BLPOP connections and dies with it (else Redis would hand the woken
+    # contact to a reader that is gone)
+    blocked = lambda: [c for c in echo_app.extensions["redis"].client_list() if c["cmd"] == "blpop"]  # noqa: E731
+    assert wait_for(lambda: not blocked(), 10), blocked()
     with echo_app.app_context():
         from crm.replies import recovery as jobs
 

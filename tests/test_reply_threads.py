@@ -92,3 +92,18 @@ def test_one_process_serves_contacts_at_once_and_finishes_them_all_on_sigterm(ma
     assert all(r.processed_at is not None for r in rows if r.direction == "in")
     assert not any(redis.scan_iter("crm:lock:contact:*")) and not any(redis.scan_iter("crm:queued:*"))
     assert redis.llen("crm:contacts:ready") == 0
+
+
+def test_rq_gets_a_redis_client_of_its_own(make_app):
+    """RQ raises its client's socket timeout for its long BLPOP: never on the connections the
+    app's threads use (a command there keeps its 5 s), and a connection those threads opened
+    never reaches RQ's BLPOP (it timed out every few seconds: 'Redis connection timeout')."""
+    from crm.app.worker import build_worker
+
+    app = make_app()
+    shared = app.extensions["redis"].connection_pool
+    worker = build_worker(app, ["high", "default"])
+    assert worker.connection.connection_pool is not shared
+    assert all(q.connection is worker.connection for q in worker.queues)
+    assert worker.connection.connection_pool.connection_kwargs["socket_timeout"] > worker.dequeue_timeout
+    assert shared.connection_kwargs["socket_timeout"] == 5

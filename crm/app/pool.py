@@ -54,7 +54,7 @@ class _Slot:
     last_status: int = 0
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Linux: SIGTERM this child when the pool process dies (best effort elsewhere)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -205,7 +205,7 @@ class Pool:
             for sig in _SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-            _die_with_parent(parent)
+            die_with_parent(parent)
             code = self.target(index) or 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 
+from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.timeouts import JobTimeoutException
@@ -56,8 +57,9 @@ import crm.replies.expiry  # noqa: F401
 import crm.replies.recovery  # noqa: F401
 import football.jobs  # noqa: F401
 from crm.app import create_app
+from crm.app.pool import die_with_parent
 from crm.base import keys
-from crm.base.extensions import db
+from crm.base.extensions import db, redis_options
 from crm.base.metrics_store import start_pusher
 from crm.base.outages import OUTAGE_ERRORS, OutageLog
 from crm.replies.contact import serve_ready
@@ -213,10 +215,19 @@ def preload() -> None:
 
 
 def build_worker(app, queue_names: list[str], name: str | None = None) -> AppWorker:
-    """An RQ worker for ``queue_names``; a reply worker (``high``) also serves the ready list."""
-    queues = [app.extensions["queues"][q] for q in queue_names]
+    """An RQ worker for ``queue_names``; a reply worker (``high``) also serves the ready list.
+
+    RQ gets a Redis client of its own: it raises the socket timeout of its client's connection
+    pool for its long BLPOP (to the dequeue timeout + 10 s, 415 s). On the app's pool that would
+    reach every command of the process; and a connection the process's other threads had opened
+    with the app's 5 s, handed to RQ's BLPOP, timed out every few seconds ("Redis connection
+    timeout, quitting...", seen with reply threads).
+    """
+    settings = app.config["SETTINGS"]
+    connection = Redis.from_url(settings.redis_url, **redis_options(settings))
+    queues = [Queue(q, connection=connection, default_timeout=keys.QUEUE_TIMEOUT[q]) for q in queue_names]
     worker_class = type("AppWorker", (AppWorker,), {"app": app})
-    worker = worker_class(queues, connection=app.extensions["redis"], name=name)
+    worker = worker_class(queues, connection=connection, name=name)
     if keys.HIGH in queue_names:
         worker.queue_class = type("ReadyQueue", (ReadyQueue,), {"worker": worker})
     return worker
@@ -269,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
 def start(queue_names: list[str], name: str | None, burst: bool, threads: int = 1) -> int:
     """Build this process's app (after any fork) and work: the main thread runs RQ's worker,
     ``threads - 1`` more serve the ready list (reply processes only)."""
+    # A process forked from this one (RQ's scheduler) holds copies of its sockets. Were this
+    # process killed (the OOM killer, SIGKILL), the copies would keep its threads' BLPOP
+    # connections open, and Redis would hand woken contacts to readers that are gone: the
+    # child dies with its parent (seen in test_worker_killed_mid_job_loses_nothing).
+    os.register_at_fork(after_in_child=lambda: die_with_parent(os.getppid()))
     app = create_app()
     start_pusher(app)  # this process's metrics reach /metrics through Redis
     others = ReadyThreads(app, threads - 1) if keys.HIGH in queue_names and threads > 1 else None
