@@ -1,19 +1,22 @@
-"""CPU per Graph-style POST: one requests.Session (what integrations.whatsapp.client uses, with
-trust_env off) against urllib3's pool directly, both to a local keep-alive HTTP server.
+"""CPU per Graph-style POST: a requests.Session (trust_env off), urllib3's pool, and the
+project's own client (``integrations.whatsapp.client``, on http.client), each to a local
+keep-alive HTTP server running in another process.
 
     .venv/bin/python bench/http_client_bench.py [calls]
 
-Prints the calling thread's CPU time per call (server threads excluded). A reply costs two
-such calls (the send and the read receipt).
+Prints the calling thread's CPU time per call, three rounds. A reply costs two such calls
+(the send and the read receipt).
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sys
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
 
 import requests
 import urllib3
@@ -37,10 +40,19 @@ class Graph(BaseHTTPRequestHandler):
         self.wfile.write(ANSWER)
 
 
+def serve(server: ThreadingHTTPServer) -> None:
+    server.serve_forever()
+
+
 def main(calls: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from integrations.whatsapp.client import WhatsAppClient
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), Graph)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
+    process = multiprocessing.get_context("fork").Process(target=serve, args=(server,), daemon=True)
+    process.start()
+    server.server_close()  # the child serves it
     session = requests.Session()
     session.trust_env = False
     pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=4)
@@ -54,14 +66,23 @@ def main(calls: int) -> None:
         json.loads(pool.request("POST", "/v23.0/1/messages", body=json.dumps(BODY).encode(), headers=headers,
                                 timeout=urllib3.Timeout(connect=3, read=10)).data)
 
-    for name, call in (("requests.Session", with_requests), ("urllib3 pool", with_urllib3)):
-        for _ in range(200):
-            call()
-        started = time.thread_time()
-        for _ in range(calls):
-            call()
-        print(f"{name:17s} {(time.thread_time() - started) / calls * 1e6:7.0f} us CPU per call")
-    server.shutdown()
+    ours = WhatsAppClient(SimpleNamespace(
+        whatsapp_api_url=f"http://127.0.0.1:{port}", whatsapp_api_version="v23.0", whatsapp_access_token="token",
+        whatsapp_connect_timeout=3.0, whatsapp_read_timeout=10.0, whatsapp_phone_number_id="1"))
+
+    def with_ours():
+        assert ours.send("1", "263770000001", {"type": "text", "text": {"body": "hello"}}).ok
+
+    for _round in range(3):
+        for name, call in (("requests.Session", with_requests), ("urllib3 pool", with_urllib3),
+                           ("http.client (ours)", with_ours)):
+            for _ in range(200):
+                call()
+            started = time.thread_time()
+            for _ in range(calls):
+                call()
+            print(f"{name:19s} {(time.thread_time() - started) / calls * 1e6:7.0f} us CPU per call")
+    process.terminate()
 
 
 if __name__ == "__main__":

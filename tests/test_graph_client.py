@@ -1,4 +1,4 @@
-"""The Graph client on urllib3: answers and transport failures classified as before."""
+"""The Graph client (http.client, one kept connection per thread): answers and transport failures classified."""
 
 from __future__ import annotations
 
@@ -133,3 +133,53 @@ def test_proxy_from_the_environment(monkeypatch):
         proxy.shutdown()
     assert result.ok and result.wa_message_id == "wamid.P"
     assert seen == ["http://graph.example.invalid/v23.0/555/messages"]
+
+
+def _answer_once_then_close(conn):
+    """Answers one request on the connection as if keeping it alive, then closes it (a server's
+    idle timeout)."""
+    conn.recv(65536)
+    answer = b'{"messages":[{"id":"wamid.K"}]}'
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(answer), answer))
+    threading.Event().wait(0.1)
+    conn.close()
+
+
+def test_a_kept_connection_the_server_closed_is_not_written_to():
+    """The next send opens a new connection instead of writing into the closed one (which could
+    only end in 'outcome unknown')."""
+    server, url = _listener(_answer_once_then_close)
+    client = WhatsAppClient(settings(url))
+    try:
+        first = client.send("555", "1", {"type": "text"})
+        threading.Event().wait(0.4)  # the server has closed the kept connection meanwhile
+        second = client.send("555", "1", {"type": "text"})
+    finally:
+        server.close()
+    assert first.ok and second.ok and second.wa_message_id == "wamid.K"
+
+
+def test_each_thread_sends_on_its_own_connection(httpserver):
+    """Reply threads share one client: their calls never mix on one connection."""
+    seen = []
+
+    def handle(request):
+        seen.append(json.loads(request.data)["to"])
+        return Response(json.dumps({"messages": [{"id": f"wamid.{seen[-1]}"}]}), content_type="application/json")
+
+    httpserver.expect_request("/v23.0/555/messages", method="POST").respond_with_handler(handle)
+    client = WhatsAppClient(settings(httpserver.url_for("").rstrip("/")))
+    results: dict[str, list] = {}
+
+    def sender(to: str) -> None:
+        results[to] = [client.send("555", to, {"type": "text"}) for _ in range(20)]
+
+    threads = [threading.Thread(target=sender, args=(str(n),)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for to, answers in results.items():
+        assert [r.wa_message_id for r in answers] == [f"wamid.{to}"] * 20
+    assert len(seen) == 80
