@@ -1,6 +1,6 @@
 """CPU per Graph-style POST: a requests.Session (trust_env off), urllib3's pool, and the
 project's own client (``integrations.whatsapp.client``, on http.client), each to a local
-keep-alive HTTP server running in another process.
+keep-alive HTTP server (a thread of this process; its CPU is not counted).
 
     .venv/bin/python bench/http_client_bench.py [calls]
 
@@ -11,8 +11,8 @@ Prints the calling thread's CPU time per call, three rounds. A reply costs two s
 from __future__ import annotations
 
 import json
-import multiprocessing
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +27,9 @@ BODY = {"messaging_product": "whatsapp", "to": "263770000001", "type": "text", "
 
 class Graph(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body are two writes: with Nagle on, a write could wait for the client's
+    # delayed ACK (40 ms), stalling whole rounds now and then
+    disable_nagle_algorithm = True
 
     def log_message(self, *_args):
         pass
@@ -40,19 +43,13 @@ class Graph(BaseHTTPRequestHandler):
         self.wfile.write(ANSWER)
 
 
-def serve(server: ThreadingHTTPServer) -> None:
-    server.serve_forever()
-
-
 def main(calls: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from integrations.whatsapp.client import WhatsAppClient
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Graph)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
-    process = multiprocessing.get_context("fork").Process(target=serve, args=(server,), daemon=True)
-    process.start()
-    server.server_close()  # the child serves it
     session = requests.Session()
     session.trust_env = False
     pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=4)
@@ -82,7 +79,7 @@ def main(calls: int) -> None:
             for _ in range(calls):
                 call()
             print(f"{name:19s} {(time.thread_time() - started) / calls * 1e6:7.0f} us CPU per call")
-    process.terminate()
+    server.shutdown()
 
 
 if __name__ == "__main__":
