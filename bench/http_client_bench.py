@@ -1,5 +1,5 @@
 """CPU per Graph-style POST: a requests.Session (trust_env off), urllib3's pool, and the
-project's own client (``integrations.whatsapp.client``, on http.client), each to a local
+project's own client (``integrations.whatsapp.client``, on urllib3), each to a local
 keep-alive HTTP server (a thread of this process; its CPU is not counted).
 
     .venv/bin/python bench/http_client_bench.py [calls]
@@ -72,7 +72,7 @@ def main(calls: int) -> None:
 
     for _round in range(3):
         for name, call in (("requests.Session", with_requests), ("urllib3 pool", with_urllib3),
-                           ("http.client (ours)", with_ours)):
+                           ("WhatsAppClient", with_ours)):
             for _ in range(200):
                 call()
             started = time.thread_time()

@@ -1,4 +1,4 @@
-"""The Graph client (http.client, one kept connection per thread): answers and transport failures classified."""
+"""The Graph client on urllib3: answers and transport failures classified as before."""
 
 from __future__ import annotations
 

@@ -1,43 +1,47 @@
-"""The Graph API client: one keep-alive connection per thread, on the standard library's
-http.client.
+"""The Graph API client: one urllib3 connection pool per process.
 
 The client sends one request and classifies the answer. It never retries by
 itself: whether a resend is safe is decided by the delivery code, which knows
 whether Meta may already have accepted the message.
 
-Why http.client here and requests elsewhere: every reply makes two Graph calls (the send and
-the read receipt), and each layer above the socket costs CPU on that path. Measured with
-``bench/http_client_bench.py`` (one keep-alive POST to a local server in another process, CPU
-of the calling thread, 2 cores, medians of 3):
+Why urllib3 here and requests elsewhere: every reply makes two Graph calls (the send and
+the read receipt), and requests spends most of its time per call on work this client does
+not need (hooks, cookies, redirect handling, environment merging, response wrapping). Measured
+with ``bench/http_client_bench.py`` (one keep-alive POST to a local server, CPU of the calling
+thread, 2 cores, load average ~3.9 from other work):
 
-    requests.Session   1018 us CPU per call
-    urllib3 pool        602 us CPU per call
-    http.client         398 us CPU per call     (-0.4 ms CPU per reply against urllib3)
-    (pycurl             288 us, but libcurl resends a request on a reused connection that died
-                        before answering: a message sent twice; http.client never resends)
+    requests.Session   1327 us CPU per call
+    urllib3 pool        717 us CPU per call     (-1.2 ms CPU per reply)
 
-The rest is what urllib3 gave us, kept here: the CA bundle from REQUESTS_CA_BUNDLE /
-CURL_CA_BUNDLE (else certifi's, as requests does), a proxy from the environment unless
-NO_PROXY excludes the Graph host (HTTPS through a CONNECT tunnel), separate connect and read
-timeouts, and a kept connection that the server has closed is never written to (checked before
-each request, as urllib3 does), so a failure after the request went out always means "Meta
-may have it".
+The standard library's http.client under it, with a kept connection per thread, was measured
+too (the same bench, 2026-12-07, three rounds: urllib3 265 us, http.client 186 us per call),
+but the whole stack showed no difference (``bash bench/cpu_split.sh sqlite``, alternated, two
+each: 5.65 and 6.08 ms CPU per reply with urllib3, 5.85 and 7.25 ms with http.client), so the
+library stays.
+
+requests is urllib3's own user, so this is the same transport with the same TLS and proxy
+rules kept here: the CA bundle from REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (else certifi's, as
+requests does), and a proxy from the environment unless NO_PROXY excludes the Graph host.
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
 import logging
 import os
-import select
-import ssl
-import threading
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
 
 from integrations.whatsapp import messages as wa
 
@@ -45,6 +49,7 @@ log = logging.getLogger(__name__)
 
 # Meta's throttling / temporary codes (https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes)
 RETRYABLE_CODES = {1, 2, 4, 80007, 130429, 131048, 131056, 133016}
+POOL_SIZE = 16  # connections kept per process (one per thread sending at once)
 
 
 @dataclass(frozen=True)
@@ -83,17 +88,6 @@ def _proxy_for(url: str) -> str | None:
     return proxies.get(parts.scheme) or proxies.get("all")
 
 
-def _dropped(conn: http.client.HTTPConnection) -> bool:
-    """Whether the server closed (or wrote to) the kept connection: readable while idle."""
-    sock = conn.sock
-    if sock is None:
-        return True
-    try:
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
-
-
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -120,88 +114,46 @@ class WhatsAppClient:
     def __init__(self, settings):
         self.base = f"{settings.whatsapp_api_url}/{settings.whatsapp_api_version}"
         self.token = settings.whatsapp_access_token
-        self.connect_timeout = settings.whatsapp_connect_timeout
-        self.read_timeout = settings.whatsapp_read_timeout
+        self.timeout = urllib3.Timeout(connect=settings.whatsapp_connect_timeout,
+                                       read=settings.whatsapp_read_timeout)
         self.default_phone_number_id = settings.whatsapp_phone_number_id
         self.headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
                         "Accept": "application/json", "User-Agent": "crm-whatsapp/1"}
-        self._local = threading.local()  # each thread its own connection (a forked child too)
-        parts = urlsplit(self.base)
-        self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname or "", parts.port or (443 if self._https else 80)
-        self._proxy = _proxy_for(self.base)
-        # through a plain HTTP proxy the request line carries the whole URL
-        self._prefix = self.base if self._proxy and not self._https else parts.path.rstrip("/")
-        self._tls: ssl.SSLContext | None = None
+        self._pid: int | None = None
 
-    def _connection(self) -> http.client.HTTPConnection:
-        """This thread's connection, opened (connect timeout) when there is none or the server
-        closed the kept one. Raises OSError when it cannot connect: nothing was sent."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and (self._local.pid != os.getpid() or _dropped(conn)):
-            conn.close()
-            conn = None
-        if conn is None:
-            conn = self._open()
-            try:
-                conn.connect()  # with the connect timeout (and the CONNECT tunnel, TLS handshake)
-            except BaseException:
-                conn.close()
-                raise
-            conn.sock.settimeout(self.read_timeout)
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
-
-    def _open(self) -> http.client.HTTPConnection:
-        timeout = self.connect_timeout
-        if self._proxy:
-            proxy = urlsplit(self._proxy)
-            host, port = proxy.hostname or "", proxy.port or 80
-        else:
-            host, port = self._host, self._port
-        if not self._https:
-            return http.client.HTTPConnection(host, port, timeout=timeout)
-        if self._tls is None:
-            self._tls = ssl.create_default_context(cafile=_ca_bundle())
-        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
-        if self._proxy:
-            proxy, headers = urlsplit(self._proxy), {}
-            if proxy.username:
-                secret = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
-                headers["Proxy-Authorization"] = "Basic " + base64.b64encode(secret).decode()
-            conn.set_tunnel(self._host, self._port, headers=headers)
-        return conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            conn.close()
+    def _open(self) -> None:
+        """Connections of this process (a forked child opens its own)."""
+        proxy = _proxy_for(self.base)
+        options = {"maxsize": POOL_SIZE, "ca_certs": _ca_bundle(), "cert_reqs": "CERT_REQUIRED"}
+        if proxy:  # rare: every call goes through the manager with the full URL
+            manager = urllib3.ProxyManager(proxy, num_pools=2, **options)
+            self._urlopen, self._prefix = manager.urlopen, self.base
+        else:  # one host: its pool directly, no URL parsing or pool lookup per call
+            parts = urlsplit(self.base)
+            pool = urllib3.PoolManager(num_pools=2, **options).connection_from_url(self.base)
+            self._urlopen, self._prefix = pool.urlopen, parts.path.rstrip("/")
+        self._pid = os.getpid()
 
     def _post(self, phone_number_id: str, body: dict) -> SendResult:
+        if self._pid != os.getpid():
+            self._open()
         path = f"{self._prefix}/{phone_number_id or self.default_phone_number_id}/messages"
-        data = json.dumps(body).encode()
         try:
-            conn = self._connection()
-        except TimeoutError:
+            response = self._urlopen("POST", path, body=json.dumps(body).encode(), headers=self.headers,
+                                     timeout=self.timeout, retries=False, redirect=False)
+        except ReadTimeoutError:
+            return SendResult(ok=False, error_title="read timeout", retryable=True, outcome_unknown=True)
+        except NewConnectionError:  # refused, unreachable, name not resolved: nothing was sent
+            return SendResult(ok=False, error_title="connection error", retryable=True)
+        except ConnectTimeoutError:
             return SendResult(ok=False, error_title="connect timeout", retryable=True)
-        except OSError:  # refused, unreachable, name not resolved, TLS, proxy: nothing was sent
+        except ProtocolError:
+            # The connection broke after the request was (maybe) written: Meta may have it.
+            return SendResult(ok=False, error_title="connection error", retryable=True, outcome_unknown=True)
+        except HTTPError:  # TLS, proxy: before the request reached Meta
             return SendResult(ok=False, error_title="connection error", retryable=True)
         try:
-            conn.request("POST", path, body=data, headers=self.headers)
-            response = conn.getresponse()
-            answer = response.read()
-        except TimeoutError:
-            self._drop()
-            return SendResult(ok=False, error_title="read timeout", retryable=True, outcome_unknown=True)
-        except (OSError, http.client.HTTPException):
-            # The connection broke after the request was (maybe) written: Meta may have it.
-            self._drop()
-            return SendResult(ok=False, error_title="connection error", retryable=True, outcome_unknown=True)
-        if response.will_close:
-            self._drop()
-        try:
-            data = json.loads(answer)
+            data = json.loads(response.data)
         except ValueError:
             data = None
         if response.status == 200:
