@@ -19,7 +19,7 @@ worker pool size themselves the same way and the rules are table-tested.
   fake Graph API answering at once): 4 processes x 1 thread spent 8.1 ms CPU per reply and
   answered 193/s, 2 processes x 4 threads 5.3 ms and 264/s: more processes than cores mostly
   buys contention. With a Graph API answering after 100 ms (``bench/graph_latency.sh``)
-  threads are what keeps replies moving: 20/s with 4 x 1, 37/s with 2 x 4, 75/s with 2 x 8.
+  threads are what keeps replies moving: 20/s with 4 x 1, 39/s with 2 x 4, 77/s with 2 x 8.
 
 ``WEB_CONCURRENCY``, ``WEB_THREADS``, ``WORKER_PROCESSES`` and ``WORKER_THREADS`` override the
 computed values.
