@@ -6,10 +6,10 @@
 The reply line of the Procfile starts the whole pool itself (``WORKER_PROCESSES``, default
 one per usable core capped by the memory limit, each serving from ``WORKER_THREADS`` threads,
 default 4, see ``crm/base/sizing.py``): one dyno or one honcho line runs exactly what the
-benchmarks measure. The pool (``crm/app/pool.py``) imports
-the code once, forks, and each child builds its own app (database engine, Redis client) after
-the fork; a dead child is restarted with backoff, SIGTERM/SIGINT are forwarded for a warm
-shutdown. With one process there is no pool: the worker runs in this process.
+benchmarks measure. The pool (``crm/app/pool.py``) imports the code once, forks, and each
+child builds its own app (database engine, Redis client) after the fork; a dead child is
+restarted with backoff, SIGTERM/SIGINT are forwarded for a warm shutdown. With one process
+there is no pool: the worker runs in this process.
 
 A reply worker pops the ready list of woken contacts (``crm:contacts:ready``, see
 ``crm.replies.wake``) together with RQ's queues, in one BLPOP (``ReadyQueue``): a contact is
@@ -45,7 +45,6 @@ import sys
 import threading
 import time
 
-from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.timeouts import JobTimeoutException
@@ -59,7 +58,7 @@ import football.jobs  # noqa: F401
 from crm.app import create_app
 from crm.app.pool import die_with_parent
 from crm.base import keys
-from crm.base.extensions import db, redis_options
+from crm.base.extensions import db, queues_on, redis_client
 from crm.base.metrics_store import start_pusher
 from crm.base.outages import OUTAGE_ERRORS, OutageLog
 from crm.replies.contact import serve_ready
@@ -223,9 +222,8 @@ def build_worker(app, queue_names: list[str], name: str | None = None) -> AppWor
     with the app's 5 s, handed to RQ's BLPOP, timed out every few seconds ("Redis connection
     timeout, quitting...", seen with reply threads).
     """
-    settings = app.config["SETTINGS"]
-    connection = Redis.from_url(settings.redis_url, **redis_options(settings))
-    queues = [Queue(q, connection=connection, default_timeout=keys.QUEUE_TIMEOUT[q]) for q in queue_names]
+    connection = redis_client(app.config["SETTINGS"])
+    queues = list(queues_on(connection, queue_names).values())
     worker_class = type("AppWorker", (AppWorker,), {"app": app})
     worker = worker_class(queues, connection=connection, name=name)
     if keys.HIGH in queue_names:

@@ -102,11 +102,19 @@ def init_app(app: Flask) -> None:
             event.listen(db.engine, "connect", _sqlite_pragmas)
         else:  # a server may drop idle connections; an SQLite file cannot
             event.listen(db.engine, "checkout", _ping_if_idle)
-    redis = Redis.from_url(settings.redis_url, **redis_options(settings))
+    redis = redis_client(settings)
     app.extensions["redis"] = redis
-    app.extensions["queues"] = {
-        name: Queue(name, connection=redis, default_timeout=keys.QUEUE_TIMEOUT[name]) for name in keys.QUEUE_NAMES
-    }
+    app.extensions["queues"] = queues_on(redis)
+
+
+def redis_client(settings) -> Redis:
+    """A Redis client with a connection pool of its own (the app's, or RQ's in a worker)."""
+    return Redis.from_url(settings.redis_url, **redis_options(settings))
+
+
+def queues_on(redis: Redis, names=keys.QUEUE_NAMES) -> dict[str, Queue]:
+    """The RQ queues ``names`` on the client ``redis``, each with its job timeout."""
+    return {name: Queue(name, connection=redis, default_timeout=keys.QUEUE_TIMEOUT[name]) for name in names}
 
 
 def get_redis() -> Redis:
