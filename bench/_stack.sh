@@ -52,7 +52,10 @@ flask --app wsgi flows import flows/examples bench/two.yaml >/dev/null
 export PROMETHEUS_MULTIPROC_DIR="$BENCH_TMP/prometheus"
 mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 HONCHO_LOG="/tmp/crm_bench_honcho.$$.log"  # kept after the run
-honcho start -f Procfile web worker football scheduler >"$HONCHO_LOG" 2>&1 &
+# --env /dev/null: this script sets the environment itself; a .env in the checkout (the
+# README's newcomer copies .env.example) would otherwise override the fake Graph API's URL and
+# the private Redis (honcho gives .env precedence over the environment).
+honcho start --env /dev/null -f Procfile web worker football scheduler >"$HONCHO_LOG" 2>&1 &
 STACK=$!
 ECHO_PORT=$(free_port)
 python3 "$W" --echo-bot --bot-port "$ECHO_PORT" --graph-url "$WHATSAPP_API_URL" --app-secret bench-secret \
