@@ -13,7 +13,7 @@ from flask import Flask
 import football
 from crm import replies
 from crm.app import api, cli, health, inbox, monitoring, simulator, templates_cli, webhook
-from crm.base import extensions, logs
+from crm.base import extensions, logs, sqlite_writers
 from crm.base.config import PROJECT_ROOT, Settings
 
 
@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Statement parameters are personal data (phone numbers, what people wrote): never in
         # an exception's text, so never in a log line. (Idle connections to a server are
         # pinged before use: crm.base.extensions._ping_if_idle.)
-        SQLALCHEMY_ENGINE_OPTIONS={"hide_parameters": True},
+        SQLALCHEMY_ENGINE_OPTIONS={"hide_parameters": True, **sqlite_writers.engine_options(settings.database_url)},
         MIGRATIONS_DIR=PROJECT_ROOT / "migrations",
         MAX_CONTENT_LENGTH=1024 * 1024,
         JSON_SORT_KEYS=False,
