@@ -122,6 +122,16 @@ def profile(args, rport: int) -> int:
 
     with app.app_context():
         event.listen(db.engine, "before_cursor_execute", count)
+    # The reply path runs its statements on the cursor (crm.base.hot_sql): count them there too.
+    from crm.base import hot_sql
+    run_hot = hot_sql.execute
+
+    def counted(stmt, params=None):
+        statements[0] += 1
+        last.append(stmt)  # made text only for --show-sql: compiling it here would cost more than running it
+        return run_hot(stmt, params)
+
+    hot_sql.execute = counted
     client, r = app.test_client(), redis.Redis(port=rport)
     worker = build_worker(app, ["high", "default"])
 
@@ -167,7 +177,7 @@ def profile(args, rport: int) -> int:
             acc[1] += statements[0] - stmts
             acc[2] += int(r.info("stats")["total_commands_processed"]) - cmds - 1  # minus our INFO
             if args.show_sql and i == args.turns - 1:
-                print(f"-- {name}: the last turn's SQL", *last, sep="\n  ")
+                print(f"-- {name}: the last turn's SQL", *(" ".join(str(s).split())[:160] for s in last), sep="\n  ")
     servers = server_ticks() - servers
     print(f"\n== database and Redis servers: {servers / os.sysconf('SC_CLK_TCK') / args.turns * 1000:.2f} ms CPU "
           "per turn (webhook and worker together; other users of the host's servers count too)")

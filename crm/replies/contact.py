@@ -40,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm.exc import StaleDataError
 
-from crm.base import keys, metrics
+from crm.base import hot_sql, keys, metrics
 from crm.base.enums import Direction, MessageStatus, Origin, SessionStatus
 from crm.base.extensions import db, get_redis, get_settings
 from crm.base.locks import ContactLock, LockLost
@@ -89,7 +89,7 @@ def heads(contact_id: int):
     phone_number_id, wa_message_id, received_at, and the id of the newest waiting one) and the
     oldest unsent outbound row (id, next_attempt_at), each None when there is none."""
     inbox = outbox = None
-    for row in db.session.execute(_HEADS, {"b_contact": contact_id}):
+    for row in hot_sql.execute(_HEADS, {"b_contact": contact_id}):
         if row.box == "in":
             inbox = row
         else:
@@ -163,7 +163,7 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> b
         def on_sent(_message_id: int, when: float, reply_ms: list = reply_ms, inbound=inbound) -> None:
             if not reply_ms and inbound.received_at:
                 reply_ms.append(round((when - inbound.received_at) * 1000, 1))
-                db.session.execute(_REPLY_MS, {"b_id": inbound.id, "b_ms": reply_ms[0]})
+                hot_sql.execute(_REPLY_MS, {"b_id": inbound.id, "b_ms": reply_ms[0]})
 
         due = _deliver(contact, lock, on_sent=on_sent, claimed=rows[0] if rows else None,
                        then=rows[1:] if rows else None)

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, func, select
 
-from crm.base import metrics
+from crm.base import hot_sql, metrics
 from crm.base.enums import PENDING, Direction, MessageStatus, Origin
 from crm.base.extensions import db, get_settings
 from crm.base.locks import ContactLock
@@ -111,7 +111,7 @@ class Outgoing:
 
 def next_pending(contact_id: int, after: int = 0) -> Outgoing | None:
     """The head of the contact's outbox (the oldest queued or sending row after ``after``)."""
-    row = db.session.execute(_HEAD, {"b_contact": contact_id, "b_after": after}).first()
+    row = hot_sql.execute(_HEAD, {"b_contact": contact_id, "b_after": after}).first()
     return Outgoing(*row) if row is not None else None
 
 
@@ -133,7 +133,7 @@ def claim_new(values: dict, now: datetime) -> None:
 
 def claim(head: Outgoing, now: datetime) -> Outgoing:
     """Mark a row as being sent, in the caller's transaction: commit before the request."""
-    db.session.execute(_CLAIM, {"b_id": head.id, "b_now": now, "b_deadline": now + UNKNOWN_OUTCOME_GRACE})
+    hot_sql.execute(_CLAIM, {"b_id": head.id, "b_now": now, "b_deadline": now + UNKNOWN_OUTCOME_GRACE})
     return Outgoing(head.id, head.type, head.payload, head.phone_number_id, head.callback_id,
                     head.attempts + 1, now + UNKNOWN_OUTCOME_GRACE, head.origin)
 
@@ -228,7 +228,7 @@ class OutboxPass:
                                  user_id=self.user_id)
             now = utcnow()
             if result.ok:
-                db.session.execute(_SENT, {"b_id": msg.id, "b_wamid": result.wa_message_id, "b_now": now})
+                hot_sql.execute(_SENT, {"b_id": msg.id, "b_wamid": result.wa_message_id, "b_now": now})
                 self.sent.append(msg.id)
                 if self.on_sent:
                     self.on_sent(msg.id, time.time())
@@ -248,7 +248,7 @@ class OutboxPass:
                 status = MessageStatus.SENDING if result.outcome_unknown else MessageStatus.QUEUED
                 if result.outcome_unknown:
                     delay = max(delay, UNKNOWN_OUTCOME_GRACE)
-                db.session.execute(_RETRY, {"b_id": msg.id, "b_status": status, "b_next": now + delay,
+                hot_sql.execute(_RETRY, {"b_id": msg.id, "b_status": status, "b_next": now + delay,
                                             "b_code": result.error_code, "b_title": result.error_title,
                                             "b_details": result.error_details})
                 db.session.commit()
@@ -260,7 +260,7 @@ class OutboxPass:
 
 
 def _fail(contact_id: int, message_id: int, now: datetime, result: SendResult) -> None:
-    db.session.execute(_FAIL, {"b_id": message_id, "b_now": now, "b_code": result.error_code,
+    hot_sql.execute(_FAIL, {"b_id": message_id, "b_now": now, "b_code": result.error_code,
                                "b_title": result.error_title, "b_details": result.error_details})
     db.session.commit()
     log.error("message %s failed for good: %s %s", message_id, result.error_code, result.error_title,

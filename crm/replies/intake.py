@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import String, and_, bindparam, case, exists, func, select
 
-from crm.base import keys
+from crm.base import hot_sql, keys
 from crm.base.enums import PENDING, STATUS_RANK, Direction, MessageStatus
 from crm.base.extensions import db, dialect_insert, get_redis
 from crm.base.models import Contact, Message, utcnow
@@ -82,17 +82,17 @@ def upsert_contact(wa_id: str | None, profile_name: str | None, user_id: str | N
     then gets the user id), else a new one. Without: by phone number, as before user ids.
     """
     values = {"wa_id": wa_id, "profile_name": profile_name or None, "user_id": user_id or None,
-              "custom_fields": {}, "opted_out": False, "blocked": False, "first_seen_at": now,
+              "custom_fields": {}, "opted_out": False, "blocked": False, "is_test": False, "first_seen_at": now,
               "last_seen_at": now, "last_inbound_at": now}
     if not user_id:
-        return db.session.execute(_statement("contact"), values).scalar_one()
+        return hot_sql.execute(_statement("contact"), values).scalar_one()
     seen = {"b_uid": user_id, "b_wa": wa_id, "b_name": profile_name or None, "b_now": now}
     for _attempt in range(2):
-        contact_id = db.session.execute(_BY_USER_ID, seen).scalar()
+        contact_id = hot_sql.execute(_BY_USER_ID, seen).scalar()
         if contact_id is None and wa_id:
-            contact_id = db.session.execute(_BY_PHONE, seen).scalar()
+            contact_id = hot_sql.execute(_BY_PHONE, seen).scalar()
         if contact_id is None:
-            contact_id = db.session.execute(_statement("contact_new"), values).scalar()
+            contact_id = hot_sql.execute(_statement("contact_new"), values).scalar()
         if contact_id is not None:
             return contact_id
     raise RuntimeError(f"contact for user id {user_id!r} could not be stored")  # only a database fault
@@ -123,7 +123,7 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
                 "status": MessageStatus.RECEIVED, "created_at": now, "wa_timestamp": m.timestamp,
                 "received_at": received_at, "attempts": 0,
             }
-            new_id = db.session.execute(_statement("message"), row).scalar_one_or_none()
+            new_id = hot_sql.execute(_statement("message"), row).scalar_one_or_none()
             if new_id is not None:
                 stored.append(Stored(new_id, contact_id, True))
             else:

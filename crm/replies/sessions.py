@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm.exc import StaleDataError
 
+from crm.base import hot_sql
 from crm.base.enums import OPEN_STATUSES, EndReason, SessionStatus
 from crm.base.extensions import db, get_settings
 from crm.base.models import utcnow
@@ -57,7 +58,7 @@ def end_session(session, reason: EndReason | str, now: datetime | None = None,
     object is expired so that it reads back what was written.
     """
     now = now or utcnow()
-    done = db.session.execute(_END, {"b_id": session.id, "b_version": session.version, "b_status": status,
+    done = hot_sql.execute(_END, {"b_id": session.id, "b_version": session.version, "b_status": status,
                                      "b_reason": reason, "b_now": now}).rowcount
     if done != 1:
         raise StaleDataError(f"flow session {session.id} changed meanwhile")
@@ -76,7 +77,7 @@ def open_session(contact_id: int) -> FlowSession | None:
 def open_session_row(contact_id: int):
     """The contact's open session as a row (id, flow_name, step_id, status, state, flow_version,
     version, last_activity_at), for the reply path."""
-    return db.session.execute(_OPEN_SESSION, {"b_contact": contact_id}).first()
+    return hot_sql.execute(_OPEN_SESSION, {"b_contact": contact_id}).first()
 
 
 def session_of(row) -> engine.Session:

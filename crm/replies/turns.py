@@ -22,7 +22,7 @@ from flask import current_app
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm.exc import StaleDataError
 
-from crm.base import metrics
+from crm.base import hot_sql, metrics
 from crm.base.enums import OPEN_STATUSES, EndReason, Origin, SessionStatus
 from crm.base.extensions import db, get_settings
 from crm.base.models import Contact, Message, contact_context, utcnow, window_open
@@ -52,7 +52,7 @@ _AUDIT_NEW = AuditEvent.__table__.insert()
 
 
 def load_contact(contact_id: int):
-    return db.session.execute(_CONTACT, {"b_contact": contact_id}).first()
+    return hot_sql.execute(_CONTACT, {"b_contact": contact_id}).first()
 
 
 def actions() -> dict:
@@ -148,7 +148,7 @@ def process_inbound(inbound, contact, claim_first: bool) -> tuple[engine.Turn | 
     now = utcnow()
     scene = Scene(contact, dict(contact.custom_fields or {}), contact.opted_out)
     if contact.blocked:
-        db.session.execute(_PROCESSED, {"b_id": inbound.id, "b_now": now, "b_session": None})
+        hot_sql.execute(_PROCESSED, {"b_id": inbound.id, "b_now": now, "b_session": None})
         db.session.commit()
         return None, None, scene
     settings = get_settings()
@@ -160,7 +160,7 @@ def process_inbound(inbound, contact, claim_first: bool) -> tuple[engine.Turn | 
                          engine.EngineSettings.from_settings(settings), actions())
     session_id, rows, claimed = apply_turn(turn, scene, row, library, inbound.phone_number_id, now,
                                            claim_first=claim_first)
-    db.session.execute(_PROCESSED, {"b_id": inbound.id, "b_now": now, "b_session": session_id})
+    hot_sql.execute(_PROCESSED, {"b_id": inbound.id, "b_now": now, "b_session": session_id})
     db.session.commit()
     return turn, rows if claimed else None, scene
 
@@ -178,7 +178,7 @@ def apply_turn(turn: engine.Turn, scene: Scene, row, library: engine.Library, ph
     for event in turn.events:
         HANDLERS[type(event)](scene, event)
     if scene.contact_changed:
-        db.session.execute(_CONTACT_WRITE, {"b_id": contact.id, "b_fields": scene.fields,
+        hot_sql.execute(_CONTACT_WRITE, {"b_id": contact.id, "b_fields": scene.fields,
                                             "b_opted_out": scene.opted_out})
     session_id = _write_session(turn.session, scene, row, library, now)
     rows: list[Outgoing] = []
@@ -187,7 +187,7 @@ def apply_turn(turn: engine.Turn, scene: Scene, row, library: engine.Library, ph
         values = outbound_values(contact.id, phone_number_id, message, scene.origin, session_id, now)
         if claim_first and not rows:
             claim_new(values, now)
-        message_id = db.session.execute(_OUTBOUND_NEW, values).scalar_one()
+        message_id = hot_sql.execute(_OUTBOUND_NEW, values).scalar_one()
         rows.append(Outgoing(message_id, message["type"], message, phone_number_id, values["callback_id"],
                              values["attempts"], values["next_attempt_at"], scene.origin))
     return session_id, rows, claim_first
@@ -199,7 +199,7 @@ def _write_session(new: engine.Session, scene: Scene, row, library: engine.Libra
     if scene.started:
         if row is not None:  # the old session ends where the new one starts
             ss.end_session(row, ends.pop(0) if ends else EndReason.RESTARTED, now)
-        session_id = db.session.execute(ss.SESSION_NEW, {
+        session_id = hot_sql.execute(ss.SESSION_NEW, {
             "contact_id": scene.contact.id, "flow_name": new.flow, "flow_version": new.flow_version or 1,
             "status": SessionStatus.ACTIVE, "state": {}, "started_at": now, "last_activity_at": now, "version": 1,
         }).scalar_one()
@@ -218,7 +218,7 @@ def _write_session(new: engine.Session, scene: Scene, row, library: engine.Libra
         values["b_expires"] = ss.idle_deadline(library, new.flow, now)
     elif new.status not in OPEN_STATUSES:
         values.update(b_status=SessionStatus.ENDED, b_ended=now, b_reason=ends[-1] if ends else EndReason.COMPLETED)
-    if db.session.execute(ss.SESSION_WRITE, values).rowcount != 1:
+    if hot_sql.execute(ss.SESSION_WRITE, values).rowcount != 1:
         raise StaleDataError(f"flow session {session_id} changed during the turn")
     return session_id
 

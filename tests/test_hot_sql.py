@@ -1,0 +1,133 @@
+"""crm.base.hot_sql: the reply path's statements on the session connection's cursor give what
+``db.session.execute`` gives (values, types, transaction, errors), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import bindparam, select
+from sqlalchemy.exc import IntegrityError, NoResultFound, OperationalError
+
+from crm.base import hot_sql
+from crm.base.enums import Direction, MessageStatus
+from crm.base.extensions import db
+from crm.base.models import Contact, Message, utcnow
+from crm.replies.contact import _HEADS
+from crm.replies.delivery import _HEAD
+from crm.replies.intake import _statement
+from crm.replies.turns import _CONTACT, _OUTBOUND_NEW
+
+messages, contacts = Message.__table__, Contact.__table__
+
+
+def _contact(**extra) -> int:
+    now = utcnow()
+    values = {"wa_id": "15550001", "profile_name": "Ana", "user_id": None, "custom_fields": {"city": "Lyon", "n": 2},
+              "opted_out": False, "blocked": True, "is_test": False, "first_seen_at": now, "last_seen_at": now,
+              "last_inbound_at": now - timedelta(minutes=3), **extra}
+    return hot_sql.execute(_statement("contact"), values).scalar_one()
+
+
+def _outbound(contact_id: int, **extra) -> int:
+    now = utcnow()
+    values = {"contact_id": contact_id, "direction": Direction.OUT, "type": "text", "text": "hé ✓",
+              "payload": {"type": "text", "text": {"body": "hé ✓"}, "list": [1, 2.5, None]},
+              "phone_number_id": "100", "status": MessageStatus.QUEUED, "origin": "flow", "callback_id": "cb-1",
+              "flow_session_id": None, "attempts": 0, "created_at": now, "next_attempt_at": now + timedelta(seconds=5),
+              **extra}
+    return hot_sql.execute(_OUTBOUND_NEW, values).scalar_one()
+
+
+def test_rows_are_what_the_session_reads(app):
+    with app.app_context():
+        contact_id = _contact()
+        _outbound(contact_id)
+        db.session.commit()
+        for stmt, params in ((_CONTACT, {"b_contact": contact_id}), (_HEADS, {"b_contact": contact_id}),
+                             (_HEAD, {"b_contact": contact_id, "b_after": 0})):
+            hot = list(hot_sql.execute(stmt, params))
+            expected = list(db.session.execute(stmt, params))
+            assert hot == [tuple(row) for row in expected]
+            assert [row._asdict() for row in hot] == [dict(row._mapping) for row in expected]
+        row = hot_sql.execute(_CONTACT, {"b_contact": contact_id}).first()
+        assert row.custom_fields == {"city": "Lyon", "n": 2} and row.blocked is True and row.opted_out is False
+        assert row.last_inbound_at < utcnow() and row.last_inbound_at.tzinfo is None
+        head = hot_sql.execute(_HEAD, {"b_contact": contact_id, "b_after": 0}).first()
+        assert head.payload == {"type": "text", "text": {"body": "hé ✓"}, "list": [1, 2.5, None]}
+        assert head.next_attempt_at > utcnow()
+
+
+def test_writes_belong_to_the_sessions_transaction(app):
+    with app.app_context():
+        contact_id = _contact()
+        db.session.rollback()
+        assert db.session.execute(select(Contact.id).where(Contact.id == contact_id)).first() is None
+        contact_id = _contact()
+        db.session.commit()
+        assert db.session.get(Contact, contact_id).profile_name == "Ana"
+
+
+def test_orm_changes_waiting_for_a_flush_are_flushed_first(app):
+    with app.app_context():
+        db.session.add(Contact(wa_id="15550009", profile_name="Bo"))
+        row = hot_sql.execute(select(contacts.c.id).where(contacts.c.wa_id == bindparam("b_wa")),
+                              {"b_wa": "15550009"}).first()
+        assert row is not None
+        db.session.rollback()
+
+
+def test_an_insert_that_needs_python_defaults_goes_through_the_session(app):
+    with app.app_context():
+        now = utcnow()
+        values = {"wa_id": "15550002", "profile_name": None, "user_id": None, "custom_fields": {},
+                  "opted_out": False, "blocked": False, "first_seen_at": now, "last_seen_at": now,
+                  "last_inbound_at": now}  # no is_test: its default is computed by SQLAlchemy
+        contact_id = hot_sql.execute(_statement("contact"), values).scalar_one()
+        db.session.commit()
+        assert db.session.get(Contact, contact_id).is_test is False
+
+
+def test_results_and_errors_read_as_sqlalchemys(app):
+    with app.app_context():
+        contact_id = _contact()
+        with pytest.raises(NoResultFound):
+            hot_sql.execute(_CONTACT, {"b_contact": contact_id + 1000}).scalar_one()
+        assert hot_sql.execute(_CONTACT, {"b_contact": contact_id + 1000}).scalar() is None
+        done = hot_sql.execute(messages.update().where(messages.c.contact_id == bindparam("b_c")).values(
+            text=bindparam("b_t")), {"b_c": contact_id, "b_t": "x"})
+        assert done.rowcount == 0
+        _outbound(contact_id, callback_id="secret-value-1")
+        db.session.commit()
+        row = {"contact_id": contact_id, "direction": Direction.IN, "type": "text", "text": "hi", "payload": {},
+               "phone_number_id": "100", "wa_message_id": "wamid.1", "context_wa_id": None,
+               "status": MessageStatus.RECEIVED, "created_at": utcnow(), "wa_timestamp": None, "received_at": 1.0,
+               "attempts": 0}
+        assert hot_sql.execute(_statement("message"), row).scalar_one_or_none() is not None
+        assert hot_sql.execute(_statement("message"), row).scalar_one_or_none() is None  # ON CONFLICT DO NOTHING
+        db.session.commit()
+        with pytest.raises(IntegrityError) as caught:
+            hot_sql.execute(_OUTBOUND_NEW, {"contact_id": contact_id + 1000, "direction": Direction.OUT,
+                                            "type": "text", "text": "never", "payload": {"secret": "s3cr3t-v4lue"},
+                                            "phone_number_id": "100", "status": MessageStatus.QUEUED,
+                                            "origin": "flow", "callback_id": "cb-2", "flow_session_id": None,
+                                            "attempts": 0, "created_at": utcnow(), "next_attempt_at": None})
+        assert "s3cr3t-v4lue" not in str(caught.value)  # parameters never reach a log line
+        db.session.rollback()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # an SQLite file has no connection to lose
+def test_a_connection_the_server_dropped_is_invalidated_and_replaced(app):
+    import psycopg
+
+    with app.app_context():
+        pid = db.session.execute(select(db.func.pg_backend_pid())).scalar()
+        db.session.commit()  # the connection goes back to the pool, which hands it out again next
+        url = db.engine.url.render_as_string(hide_password=False).replace("+psycopg", "")
+        with psycopg.connect(url, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(OperationalError) as caught:
+            hot_sql.execute(_CONTACT, {"b_contact": 1})
+        assert caught.value.connection_invalidated
+        db.session.rollback()
+        assert hot_sql.execute(select(db.func.pg_backend_pid()), {}).scalar() != pid
