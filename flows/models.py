@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from crm.base.enums import SessionStatus
+from crm.base.enums import OPEN_STATUSES, SessionStatus
 from crm.base.extensions import db
-from crm.base.models import BigId, utcnow
+from crm.base.models import BigId, fixed, sql_list, utcnow
+
+# A contact's open session, found by the reply path on every turn (see crm.base.models WAITING).
+OPEN_SQL = f"status IN ({sql_list(OPEN_STATUSES)})"
 
 
 class Flow(db.Model):
@@ -39,6 +42,8 @@ class FlowSession(db.Model):
     __table_args__ = (
         Index("ix_flow_sessions_open", "status", "expires_at"),
         Index("ix_flow_sessions_contact", "contact_id", "status"),
+        Index("ix_flow_sessions_open_contact", "contact_id", "id", sqlite_where=text(OPEN_SQL),
+              postgresql_where=text(OPEN_SQL)),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -74,3 +79,7 @@ class FlowSession(db.Model):
             "expires_at": self.expires_at.isoformat() + "Z" if self.expires_at else None,
             "end_reason": self.end_reason,
         }
+
+
+# The condition of ix_flow_sessions_open_contact, as the queries write it.
+OPEN = FlowSession.__table__.c.status.in_([fixed(status) for status in OPEN_STATUSES])

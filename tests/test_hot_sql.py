@@ -131,3 +131,29 @@ def test_a_connection_the_server_dropped_is_invalidated_and_replaced(app):
         assert caught.value.connection_invalidated
         db.session.rollback()
         assert hot_sql.execute(select(db.func.pg_backend_pid()), {}).scalar() != pid
+
+
+def test_a_turns_lookups_use_their_partial_indexes_without_statistics(app):
+    """The waiting inbound message, the unsent outbound one and the open session are found
+    through their partial indexes even in a prepared statement's generic plan on a database
+    nobody analyzed (autovacuum off): the conditions are constants in the SQL text."""
+    from crm.replies.sessions import _OPEN_SESSION
+
+    expected = {"ix_messages_waiting", "ix_messages_unsent", "ix_flow_sessions_open_contact"}
+    with app.app_context():
+        dialect = db.engine.dialect
+        cursor = db.session.connection().connection.cursor()
+        if dialect.name == "postgresql":
+            cursor.execute("SET plan_cache_mode = force_generic_plan")
+        used = set()
+        for stmt, params in ((_HEADS, {"b_contact": 5}), (_HEAD, {"b_contact": 5, "b_after": 0}),
+                             (_OPEN_SESSION, {"b_contact": 5})):
+            state = stmt.compile(dialect=dialect).construct_expanded_state(params)
+            if dialect.name == "sqlite":
+                cursor.execute("EXPLAIN QUERY PLAN " + state.statement, state.positional_parameters)
+            else:
+                cursor.execute("EXPLAIN " + state.statement, state.parameters)
+            plan = " ".join(str(row[-1] if dialect.name == "sqlite" else row[0]) for row in cursor.fetchall())
+            used |= {name for name in expected if name in plan}
+        db.session.rollback()
+    assert used == expected

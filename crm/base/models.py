@@ -5,10 +5,23 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+    literal,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from crm.base.enums import Direction, MessageStatus, Origin
+from crm.base.enums import PENDING, Direction, MessageStatus, Origin
 from crm.base.extensions import db
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
@@ -19,6 +32,28 @@ SERVICE_WINDOW = timedelta(hours=24)
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def fixed(value: str):
+    """A constant written into the SQL text, not bound as a parameter: the planner then sees it
+    in every plan (PostgreSQL's generic plans of prepared statements included) and can use a
+    partial index whose condition names it. SQLite's planner needs it too."""
+    return literal(str(value), String(), literal_execute=True)
+
+
+def sql_list(values) -> str:
+    """Constants as an SQL list, for the condition of a partial index."""
+    return ", ".join(f"'{value}'" for value in values)
+
+
+# The reply path's two queues, each read by contact in id order: inbound messages waiting for
+# an answer, outbound ones Meta has not accepted yet. Partial indexes hold only what waits, and
+# the queries (WAITING and UNSENT below) repeat their conditions with fixed constants, so every
+# plan uses them whatever the table statistics say. With the conditions bound as parameters
+# and no statistics (a new database, or autovacuum off), PostgreSQL walked the primary key
+# backwards for max(id): ~90 rows read per lookup, growing with the table.
+WAITING_SQL = f"direction = '{Direction.IN}' AND processed_at IS NULL"
+UNSENT_SQL = f"direction = '{Direction.OUT}' AND status IN ({sql_list(PENDING)})"
 
 
 class Contact(db.Model):
@@ -68,8 +103,10 @@ class Message(db.Model):
     __table_args__ = (
         # Exactly once: Meta may deliver the same webhook several times.
         db.UniqueConstraint("phone_number_id", "wa_message_id", name="uq_messages_pnid_wamid"),
-        Index("ix_messages_inbox", "contact_id", "direction", "processed_at"),
-        Index("ix_messages_outbox", "contact_id", "direction", "status"),
+        Index("ix_messages_waiting", "contact_id", "id", sqlite_where=text(WAITING_SQL),
+              postgresql_where=text(WAITING_SQL)),
+        Index("ix_messages_unsent", "contact_id", "id", sqlite_where=text(UNSENT_SQL),
+              postgresql_where=text(UNSENT_SQL)),
         Index("ix_messages_created", "created_at"),
         Index("ix_messages_pending", "direction", "status", "processed_at"),
     )
@@ -131,3 +168,9 @@ class Message(db.Model):
             "error_title": self.error_title,
             "error_details": self.error_details,
         }
+
+
+_messages = Message.__table__
+# The conditions of ix_messages_waiting and ix_messages_unsent, as the queries write them.
+WAITING = (_messages.c.direction == fixed(Direction.IN), _messages.c.processed_at.is_(None))
+UNSENT = (_messages.c.direction == fixed(Direction.OUT), _messages.c.status.in_([fixed(s) for s in PENDING]))

@@ -44,7 +44,7 @@ from crm.base import hot_sql, keys, metrics
 from crm.base.enums import Direction, MessageStatus, Origin, SessionStatus
 from crm.base.extensions import db, get_redis, get_settings
 from crm.base.locks import ContactLock, LockLost
-from crm.base.models import Message, utcnow
+from crm.base.models import WAITING, Message, utcnow
 from crm.base.outages import is_outage
 from crm.replies.delivery import OutboxPass, backoff, get_client, outbound_values, outbox_head
 from crm.replies.turns import load_contact, process_inbound
@@ -66,8 +66,7 @@ _SET_ASIDE = (messages.update().where(messages.c.id == bindparam("b_id"), messag
               .values(status=MessageStatus.FAILED, processed_at=bindparam("b_now"), failed_at=bindparam("b_now"),
                       error_title=bindparam("b_title"), error_details=bindparam("b_details")))
 
-_WAITING = (messages.c.contact_id == bindparam("b_contact"), messages.c.direction == Direction.IN,
-            messages.c.processed_at.is_(None))
+_WAITING = (messages.c.contact_id == bindparam("b_contact"), *WAITING)  # ix_messages_waiting
 # The newest waiting message rides along: a burst gets one read receipt, for its last message
 # (Meta marks the earlier ones read with it).
 _NEWEST = select(func.max(messages.c.id)).where(*_WAITING).scalar_subquery()

@@ -29,10 +29,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, select
 
 from crm.base import hot_sql, metrics
-from crm.base.enums import PENDING, Direction, MessageStatus, Origin
+from crm.base.enums import Direction, MessageStatus, Origin
 from crm.base.extensions import db, get_settings
 from crm.base.locks import ContactLock
-from crm.base.models import Message, utcnow, window_open
+from crm.base.models import UNSENT, Message, utcnow, window_open
 from integrations.whatsapp import messages as wa
 from integrations.whatsapp.client import SendResult, WhatsAppClient
 from integrations.whatsapp.simulator import SimulatorClient
@@ -72,8 +72,7 @@ _OUT_COLUMNS = (messages.c.id, messages.c.type, messages.c.payload, messages.c.p
 def outbox_head(*columns):
     """SELECT ``columns`` of the oldest unsent row of the contact bound as ``b_contact``."""
     return (select(*columns)
-            .where(messages.c.contact_id == bindparam("b_contact"), messages.c.direction == Direction.OUT,
-                   messages.c.status.in_(PENDING))
+            .where(messages.c.contact_id == bindparam("b_contact"), *UNSENT)  # ix_messages_unsent
             .order_by(messages.c.id).limit(1))
 
 

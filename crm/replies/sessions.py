@@ -20,14 +20,14 @@ from crm.base.extensions import db, get_settings
 from crm.base.models import utcnow
 from flows import engine
 from flows.document import DEFAULT_EXPIRED
-from flows.models import FlowSession
+from flows.models import OPEN, FlowSession
 
 sessions = FlowSession.__table__
 
 # The reply path runs prebuilt table statements: no ORM identity map to flush or reload.
 _OPEN_SESSION = (select(sessions.c.id, sessions.c.flow_name, sessions.c.step_id, sessions.c.status,
                         sessions.c.state, sessions.c.flow_version, sessions.c.version, sessions.c.last_activity_at)
-                 .where(sessions.c.contact_id == bindparam("b_contact"), sessions.c.status.in_(OPEN_STATUSES))
+                 .where(sessions.c.contact_id == bindparam("b_contact"), OPEN)  # ix_flow_sessions_open_contact
                  .order_by(sessions.c.id.desc()).limit(1))
 SESSION_NEW = sessions.insert().returning(sessions.c.id)
 SESSION_WRITE = (sessions.update().where(sessions.c.id == bindparam("b_id"),
