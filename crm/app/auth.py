@@ -23,6 +23,7 @@ from functools import wraps
 from pathlib import Path
 
 from flask import Blueprint, Flask, flash, g, jsonify, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from crm.base import keys
@@ -55,8 +56,20 @@ def page_headers(response):
     return response
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, but a request without a session cookie (every webhook,
+    every API call) gets its empty session without Flask first building the cookie's signer
+    (itsdangerous serializer and key derivation), which Flask does on every request."""
+
+    def open_session(self, app: Flask, request):
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def init_app(app: Flask) -> None:
     settings = app.config["SETTINGS"]
+    app.session_interface = CookieSessions()
     app.secret_key = settings.secret_key or _instance_secret(app)
     app.config.update(
         SESSION_COOKIE_NAME="crm_session", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
