@@ -119,6 +119,22 @@ def test_procfile_processes():
     assert lines["scheduler"].strip().startswith("python scheduler.py")
 
 
+def test_a_web_workers_startup_objects_are_out_of_the_collectors_reach(sqlite_url, redis_url):
+    """crm.app.worker.settle: the app a web worker builds is frozen (gc.freeze), so the garbage
+    collector's full collections walk only what requests allocate."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import gc\nfrom crm.app.server import web_app\nbefore = gc.get_freeze_count()\nweb_app()\n"
+            "print(before, gc.get_freeze_count())")
+    env = {**os.environ, "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url, "METRICS_PUSH_SECONDS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    before, after = map(int, out.stdout.split())
+    assert before == 0 and after > 10_000, out.stderr[-2000:]
+
+
 def test_web_server_settings_come_from_the_environment():
     from crm.app.server import options
 

@@ -33,7 +33,7 @@ from granian.log import LogLevels
 from granian.server import Server
 
 from crm.app import create_app
-from crm.app.worker import preload
+from crm.app.worker import preload, settle
 from crm.base import sizing
 from crm.base.config import Settings
 from crm.base.logs import configure_logging
@@ -46,6 +46,7 @@ def web_app() -> Flask:
     """The app of one web worker (Granian calls this in the worker, after the fork)."""
     app = create_app()
     start_pusher(app)
+    settle()
     return app
 
 
@@ -70,6 +71,7 @@ def main() -> int:
         print(f"web: {exc}", file=sys.stderr)
         return 2
     preload()  # imported once here, shared copy-on-write by the forked workers
+    settle()
     configure_logging(Settings.from_env().log_level)
     log.info("web: %d process(es) x %d threads on port %d (%s)", settings["workers"], settings["blocking_threads"],
              settings["port"], sizing.detect().describe(), extra={"event": "web.start"})
