@@ -157,3 +157,18 @@ def test_a_turns_lookups_use_their_partial_indexes_without_statistics(app):
             used |= {name for name in expected if name in plan}
         db.session.rollback()
     assert used == expected
+
+
+def test_statements_built_per_call_do_not_fill_the_plan_cache(app):
+    saved = dict(hot_sql._plans)
+    try:
+        with app.app_context():
+            contact_id = _contact()
+            for n in range(hot_sql.MAX_PLANS + 50):  # a new statement object each time
+                stmt = select(contacts.c.id).where(contacts.c.id == bindparam("b_id"), contacts.c.id > n - 10**6)
+                assert hot_sql.execute(stmt, {"b_id": contact_id}).scalar_one() == contact_id
+            assert len(hot_sql._plans) <= hot_sql.MAX_PLANS
+            db.session.rollback()
+    finally:  # the other tests' plans, as they were
+        hot_sql._plans.clear()
+        hot_sql._plans.update(saved)

@@ -103,6 +103,9 @@ class _NeedsContext(Exception):
 
 
 _plans: dict[tuple, _Plan | None] = {}
+# The reply path's statements are module constants: a few dozen plans. A caller that builds a
+# statement per call would fill the cache for ever; past this many, new ones are not kept.
+MAX_PLANS = 512
 
 
 def execute(stmt, params: dict[str, Any] | None = None) -> HotResult:
@@ -120,7 +123,8 @@ def execute(stmt, params: dict[str, Any] | None = None) -> HotResult:
             plan = _Plan(stmt, dialect, params)
         except _NeedsContext:
             plan = None
-        _plans[key] = plan
+        if len(_plans) < MAX_PLANS:
+            _plans[key] = plan
     if plan is None:
         return session.execute(stmt, params)
     values = dict(plan.constants)
