@@ -172,3 +172,14 @@ def test_statements_built_per_call_do_not_fill_the_plan_cache(app):
     finally:  # the other tests' plans, as they were
         hot_sql._plans.clear()
         hot_sql._plans.update(saved)
+
+
+def test_an_update_without_explicit_values_writes_the_columns_it_is_given(app):
+    with app.app_context():
+        contact_id = _contact()
+        stmt = contacts.update().where(contacts.c.id == bindparam("b_id"))
+        hot_sql.execute(stmt, {"b_id": contact_id, "profile_name": "Bea"})
+        hot_sql.execute(stmt, {"b_id": contact_id, "custom_fields": {"x": 1}})
+        db.session.commit()
+        row = hot_sql.execute(_CONTACT, {"b_contact": contact_id}).first()
+        assert (row.profile_name, row.custom_fields) == ("Bea", {"x": 1})

@@ -4,7 +4,7 @@
 Core statement (the webhook's inserts, a turn's reads and writes, delivery's updates), in the
 session's transaction, with SQLAlchemy's own SQL and type conversions, but without its
 per-execution machinery: the statement is compiled and expanded once per dialect (and, for an
-INSERT, per set of columns), then each call only converts the parameters, runs the cursor and
+INSERT or UPDATE, per set of parameter names), then each call only converts the parameters, runs the cursor and
 converts the rows. Errors come out as SQLAlchemy's exceptions (``DBAPIError.instance``, with
 the parameters hidden), and a connection the database dropped is invalidated, as
 ``Connection.execute`` does. A statement that needs SQLAlchemy's execution context (Python-side
@@ -23,7 +23,7 @@ from collections import namedtuple
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.dml import UpdateBase
 
 from crm.base.extensions import db
 
@@ -66,7 +66,8 @@ class _Plan:
     __slots__ = ("sql", "names", "constants", "processors", "row", "types", "converters")
 
     def __init__(self, stmt, dialect, params: dict):
-        compiled = stmt.compile(dialect=dialect, column_keys=list(params) if isinstance(stmt, Insert) else None)
+        # an INSERT or UPDATE without explicit values writes the columns it is given
+        compiled = stmt.compile(dialect=dialect, column_keys=list(params) if isinstance(stmt, UpdateBase) else None)
         if compiled.insert_prefetch or compiled.update_prefetch:
             raise _NeedsContext
         state = compiled.construct_expanded_state(params)
@@ -116,7 +117,7 @@ def execute(stmt, params: dict[str, Any] | None = None) -> HotResult:
         return session.execute(stmt, params)  # autoflush first, as SQLAlchemy would
     conn = session.connection()
     dialect = conn.dialect
-    key = (stmt, dialect.name, tuple(params) if isinstance(stmt, Insert) else None)
+    key = (stmt, dialect.name, tuple(params) if isinstance(stmt, UpdateBase) else None)
     plan = _plans.get(key, False)
     if plan is False:
         try:
