@@ -13,6 +13,7 @@ from crm.base import hot_sql
 from crm.base.enums import Direction, MessageStatus
 from crm.base.extensions import db
 from crm.base.models import Contact, Message, utcnow
+from crm.replies import sessions as ss
 from crm.replies.contact import _HEADS
 from crm.replies.delivery import _HEAD
 from crm.replies.intake import _statement
@@ -42,6 +43,9 @@ def _outbound(contact_id: int, **extra) -> int:
 def test_rows_are_what_the_session_reads(app):
     with app.app_context():
         contact_id = _contact()
+        hot_sql.execute(ss.SESSION_NEW, {"contact_id": contact_id, "flow_name": "welcome", "flow_version": 1,
+                                         "status": "active", "state": {"vars": {"a": 1}}, "started_at": utcnow(),
+                                         "last_activity_at": utcnow(), "version": 1})
         _outbound(contact_id)
         db.session.commit()
         for stmt, params in ((_CONTACT, {"b_contact": contact_id}), (_HEADS, {"b_contact": contact_id}),
@@ -52,6 +56,8 @@ def test_rows_are_what_the_session_reads(app):
             assert [row._asdict() for row in hot] == [dict(row._mapping) for row in expected]
         row = hot_sql.execute(_CONTACT, {"b_contact": contact_id}).first()
         assert row.custom_fields == {"city": "Lyon", "n": 2} and row.blocked is True and row.opted_out is False
+        assert ss.session_of_contact(row) == ss.open_session_row(contact_id)  # read with the contact
+        assert ss.session_of_contact(row).state == {"vars": {"a": 1}}
         assert row.last_inbound_at < utcnow() and row.last_inbound_at.tzinfo is None
         head = hot_sql.execute(_HEAD, {"b_contact": contact_id, "b_after": 0}).first()
         assert head.payload == {"type": "text", "text": {"body": "hé ✓"}, "list": [1, 2.5, None]}
@@ -140,6 +146,7 @@ def test_a_turns_lookups_use_their_partial_indexes_without_statistics(app):
     from crm.replies.sessions import _OPEN_SESSION
 
     expected = {"ix_messages_waiting", "ix_messages_unsent", "ix_flow_sessions_open_contact"}
+    contact_plan = ""
     with app.app_context():
         dialect = db.engine.dialect
         cursor = db.session.connection().connection.cursor()
@@ -147,7 +154,7 @@ def test_a_turns_lookups_use_their_partial_indexes_without_statistics(app):
             cursor.execute("SET plan_cache_mode = force_generic_plan")
         used = set()
         for stmt, params in ((_HEADS, {"b_contact": 5}), (_HEAD, {"b_contact": 5, "b_after": 0}),
-                             (_OPEN_SESSION, {"b_contact": 5})):
+                             (_OPEN_SESSION, {"b_contact": 5}), (_CONTACT, {"b_contact": 5})):
             state = stmt.compile(dialect=dialect).construct_expanded_state(params)
             if dialect.name == "sqlite":
                 cursor.execute("EXPLAIN QUERY PLAN " + state.statement, state.positional_parameters)
@@ -155,8 +162,10 @@ def test_a_turns_lookups_use_their_partial_indexes_without_statistics(app):
                 cursor.execute("EXPLAIN " + state.statement, state.parameters)
             plan = " ".join(str(row[-1] if dialect.name == "sqlite" else row[0]) for row in cursor.fetchall())
             used |= {name for name in expected if name in plan}
+            contact_plan = plan if stmt is _CONTACT else contact_plan
         db.session.rollback()
     assert used == expected
+    assert "ix_flow_sessions_open_contact" in contact_plan  # the contact's read finds its session so too
 
 
 def test_statements_built_per_call_do_not_fill_the_plan_cache(app):

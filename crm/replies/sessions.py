@@ -9,6 +9,7 @@ sessions the same way: status ``ended`` (``expired`` for idle), a reason, ``ende
 
 from __future__ import annotations
 
+from collections import namedtuple
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, select
@@ -72,6 +73,22 @@ def open_session(contact_id: int) -> FlowSession | None:
         select(FlowSession).where(FlowSession.contact_id == contact_id, FlowSession.status.in_(OPEN_STATUSES))
         .order_by(FlowSession.id.desc()).limit(1)
     ).scalar_one_or_none()
+
+
+# The columns of an open session row, as ``open_session_row`` gives them; ``load_contact``
+# (crm.replies.turns) reads them with the contact, in the same statement, as s_<name>.
+SESSION_COLUMNS = ("id", "flow_name", "step_id", "status", "state", "flow_version", "version", "last_activity_at")
+OpenSession = namedtuple("OpenSession", SESSION_COLUMNS)
+# The id of the contact's open session, for a statement that reads ``contacts`` (ix_flow_sessions_open_contact).
+OPEN_ID = (select(sessions.c.id).where(sessions.c.contact_id == bindparam("b_contact"), OPEN)
+           .order_by(sessions.c.id.desc()).limit(1).scalar_subquery())
+
+
+def session_of_contact(contact) -> OpenSession | None:
+    """The open session read with the contact (its s_* columns), or None."""
+    if contact.s_id is None:
+        return None
+    return OpenSession(*(getattr(contact, f"s_{name}") for name in SESSION_COLUMNS))
 
 
 def open_session_row(contact_id: int):

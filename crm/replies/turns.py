@@ -39,10 +39,14 @@ log = logging.getLogger(__name__)
 PATH_MAX = 200  # steps kept in a test contact's session state (the simulator's step path)
 
 messages, contacts = Message.__table__, Contact.__table__
-_CONTACT = select(contacts.c.id, contacts.c.wa_id, contacts.c.user_id, contacts.c.profile_name,
-                  contacts.c.custom_fields, contacts.c.opted_out, contacts.c.blocked, contacts.c.last_inbound_at,
-                  contacts.c.is_test,  # the flow simulator's contacts: delivered to a sink, path kept
-                  ).where(contacts.c.id == bindparam("b_contact"))
+# The contact and its open session (s_* columns, NULL when none) in one statement: a turn
+# reads both, and on PostgreSQL each statement is the server's work (README, Performance).
+_CONTACT = (select(contacts.c.id, contacts.c.wa_id, contacts.c.user_id, contacts.c.profile_name,
+                   contacts.c.custom_fields, contacts.c.opted_out, contacts.c.blocked, contacts.c.last_inbound_at,
+                   contacts.c.is_test,  # the flow simulator's contacts: delivered to a sink, path kept
+                   *(ss.sessions.c[name].label(f"s_{name}") for name in ss.SESSION_COLUMNS))
+            .select_from(contacts.outerjoin(ss.sessions, ss.sessions.c.id == ss.OPEN_ID))
+            .where(contacts.c.id == bindparam("b_contact")))
 _CONTACT_WRITE = (contacts.update().where(contacts.c.id == bindparam("b_id"))
                   .values(custom_fields=bindparam("b_fields"), opted_out=bindparam("b_opted_out")))
 _PROCESSED = (messages.update().where(messages.c.id == bindparam("b_id"))
@@ -52,6 +56,8 @@ _AUDIT_NEW = AuditEvent.__table__.insert()
 
 
 def load_contact(contact_id: int):
+    """The contact's row (None: no such contact), with its open session's columns (s_*:
+    ``sessions.session_of_contact``)."""
     return hot_sql.execute(_CONTACT, {"b_contact": contact_id}).first()
 
 
@@ -153,7 +159,7 @@ def process_inbound(inbound, contact, claim_first: bool) -> tuple[engine.Turn | 
         return None, None, scene
     settings = get_settings()
     library = library_cache.get()
-    row = ss.open_session_row(contact.id)
+    row = ss.session_of_contact(contact)
     kind, text, reply_id = describe(inbound.payload)
     message = engine.Inbound(type=kind, text=text, reply_id=reply_id, payload=inbound.payload)
     turn = engine.handle(library, ss.session_of(row), message, contact_context(contact),
@@ -229,7 +235,8 @@ def start_flow_for(contact_id: int, flow_name: str) -> engine.Turn:
     The caller holds the contact's lock and wakes the contact afterwards.
     """
     settings, library, now = get_settings(), library_cache.get(), utcnow()
-    contact, row = load_contact(contact_id), ss.open_session_row(contact_id)
+    contact = load_contact(contact_id)
+    row = ss.session_of_contact(contact)
     turn = engine.start_flow(library, ss.session_of(row), flow_name, contact_context(contact),
                              engine.EngineSettings.from_settings(settings), actions())
     if row is not None and row.status == SessionStatus.HANDOVER:
