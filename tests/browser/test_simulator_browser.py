@@ -56,7 +56,15 @@ def press(driver, title: str) -> None:
 
 
 def path_steps(driver) -> list[str]:
-    return [e.get_attribute("data-step") for e in driver.find_elements(By.CSS_SELECTOR, "#path li:last-child .step")]
+    """The steps of the session's path, read in one script: the panel is redrawn by polling, and
+    elements found one call earlier may be gone (a StaleElementReferenceException in CI)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#path li:last-child .step'), e => e.dataset.step)")
+
+
+def text_of(driver, element_id: str) -> str:
+    """An element's text, read in one script (see path_steps)."""
+    return driver.execute_script("return document.getElementById(arguments[0]).innerText.trim()", element_id)
 
 
 def test_simulator_chat_through_welcome(live, browser, shoot):
@@ -108,11 +116,11 @@ def test_simulator_chat_through_welcome(live, browser, shoot):
     box = driver.find_element(By.ID, "sim-text")
     box.send_keys("Ana Lima", Keys.ENTER)
     wait(driver, lambda d: bot_texts(d)[-1:] == ["Thanks Ana Lima. What is your email address?"])
-    assert driver.find_element(By.ID, "session-flow").text == "signup"
-    assert driver.find_element(By.ID, "session-step").text == "ask_email"
-    assert '"name": "Ana Lima"' in driver.find_element(By.ID, "vars").text
+    assert text_of(driver, "session-flow") == "signup"
+    assert text_of(driver, "session-step") == "ask_email"
+    assert '"name": "Ana Lima"' in text_of(driver, "vars")
     assert path_steps(driver)[-4:] == ["menu", "to_signup", "ask_name", "ask_email"]
-    assert "in " in driver.find_element(By.ID, "session-expires").text  # counting down to the idle expiry
+    assert "in " in text_of(driver, "session-expires")  # counting down to the idle expiry
     shoot(driver, "simulator-signup")
 
     # nothing reached the Graph API: not the replies, not a read receipt, not from the worker
