@@ -248,8 +248,8 @@ class OutboxPass:
                 if result.outcome_unknown:
                     delay = max(delay, UNKNOWN_OUTCOME_GRACE)
                 hot_sql.execute(_RETRY, {"b_id": msg.id, "b_status": status, "b_next": now + delay,
-                                            "b_code": result.error_code, "b_title": result.error_title,
-                                            "b_details": result.error_details})
+                                         "b_code": result.error_code, "b_title": result.error_title,
+                                         "b_details": result.error_details})
                 db.session.commit()
                 log.warning("send to contact %s failed (%s %s), attempt %s, retry in %.1fs", self.contact_id,
                             result.http_status or "", result.error_title, msg.attempts, delay.total_seconds(),
@@ -260,7 +260,7 @@ class OutboxPass:
 
 def _fail(contact_id: int, message_id: int, now: datetime, result: SendResult) -> None:
     hot_sql.execute(_FAIL, {"b_id": message_id, "b_now": now, "b_code": result.error_code,
-                               "b_title": result.error_title, "b_details": result.error_details})
+                            "b_title": result.error_title, "b_details": result.error_details})
     db.session.commit()
     log.error("message %s failed for good: %s %s", message_id, result.error_code, result.error_title,
               extra={"event": "send.failed", "contact_id": contact_id})

@@ -26,10 +26,21 @@ from flows.models import OPEN, FlowSession
 sessions = FlowSession.__table__
 
 # The reply path runs prebuilt table statements: no ORM identity map to flush or reload.
-_OPEN_SESSION = (select(sessions.c.id, sessions.c.flow_name, sessions.c.step_id, sessions.c.status,
-                        sessions.c.state, sessions.c.flow_version, sessions.c.version, sessions.c.last_activity_at)
-                 .where(sessions.c.contact_id == bindparam("b_contact"), OPEN)  # ix_flow_sessions_open_contact
-                 .order_by(sessions.c.id.desc()).limit(1))
+# The columns of an open session row; ``load_contact`` (crm.replies.turns) reads them with the
+# contact, in the same statement, as s_<name>.
+SESSION_COLUMNS = ("id", "flow_name", "step_id", "status", "state", "flow_version", "version", "last_activity_at")
+OpenSession = namedtuple("OpenSession", SESSION_COLUMNS)
+
+
+def _open_of_contact(*columns):
+    """SELECT ``columns`` of the open session of the contact bound as ``b_contact`` (ix_flow_sessions_open_contact)."""
+    return (select(*columns).where(sessions.c.contact_id == bindparam("b_contact"), OPEN)
+            .order_by(sessions.c.id.desc()).limit(1))
+
+
+_OPEN_SESSION = _open_of_contact(*(sessions.c[name] for name in SESSION_COLUMNS))
+# The id of the contact's open session, for a statement that reads ``contacts``.
+OPEN_ID = _open_of_contact(sessions.c.id).scalar_subquery()
 SESSION_NEW = sessions.insert().returning(sessions.c.id)
 SESSION_WRITE = (sessions.update().where(sessions.c.id == bindparam("b_id"),
                                          sessions.c.version == bindparam("b_version"))
@@ -60,7 +71,7 @@ def end_session(session, reason: EndReason | str, now: datetime | None = None,
     """
     now = now or utcnow()
     done = hot_sql.execute(_END, {"b_id": session.id, "b_version": session.version, "b_status": status,
-                                     "b_reason": reason, "b_now": now}).rowcount
+                                  "b_reason": reason, "b_now": now}).rowcount
     if done != 1:
         raise StaleDataError(f"flow session {session.id} changed meanwhile")
     if isinstance(session, FlowSession):
@@ -75,15 +86,6 @@ def open_session(contact_id: int) -> FlowSession | None:
     ).scalar_one_or_none()
 
 
-# The columns of an open session row, as ``open_session_row`` gives them; ``load_contact``
-# (crm.replies.turns) reads them with the contact, in the same statement, as s_<name>.
-SESSION_COLUMNS = ("id", "flow_name", "step_id", "status", "state", "flow_version", "version", "last_activity_at")
-OpenSession = namedtuple("OpenSession", SESSION_COLUMNS)
-# The id of the contact's open session, for a statement that reads ``contacts`` (ix_flow_sessions_open_contact).
-OPEN_ID = (select(sessions.c.id).where(sessions.c.contact_id == bindparam("b_contact"), OPEN)
-           .order_by(sessions.c.id.desc()).limit(1).scalar_subquery())
-
-
 def session_of_contact(contact) -> OpenSession | None:
     """The open session read with the contact (its s_* columns), or None."""
     if contact.s_id is None:
@@ -92,8 +94,8 @@ def session_of_contact(contact) -> OpenSession | None:
 
 
 def open_session_row(contact_id: int):
-    """The contact's open session as a row (id, flow_name, step_id, status, state, flow_version,
-    version, last_activity_at), for the reply path."""
+    """The contact's open session as a row (``SESSION_COLUMNS``) on its own; a turn reads it with
+    the contact instead (``session_of_contact``)."""
     return hot_sql.execute(_OPEN_SESSION, {"b_contact": contact_id}).first()
 
 

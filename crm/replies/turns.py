@@ -185,7 +185,7 @@ def apply_turn(turn: engine.Turn, scene: Scene, row, library: engine.Library, ph
         HANDLERS[type(event)](scene, event)
     if scene.contact_changed:
         hot_sql.execute(_CONTACT_WRITE, {"b_id": contact.id, "b_fields": scene.fields,
-                                            "b_opted_out": scene.opted_out})
+                                         "b_opted_out": scene.opted_out})
     session_id = _write_session(turn.session, scene, row, library, now)
     rows: list[Outgoing] = []
     claim_first = claim_first and bool(turn.messages) and window_open(contact.last_inbound_at, now)
