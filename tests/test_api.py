@@ -321,7 +321,7 @@ def test_logs_carry_request_and_job_ids(api_app, client, caplog):
 
     from crm.base.logs import JsonFormatter
 
-    caplog.set_level("INFO")
+    caplog.set_level("DEBUG")  # the turn's line is DEBUG (README, Operating it)
     post_webhook(client, envelope([message("26900", body="hi")]))
     run_worker(api_app)
     response = client.post("/webhooks/whatsapp", data=b"{}", content_type="application/json",
@@ -331,7 +331,7 @@ def test_logs_carry_request_and_job_ids(api_app, client, caplog):
     turn = next(line for line in lines if line.get("event") == "flow.turn")
     # a turn served off the ready list runs in no RQ job: the line names the contact and the message
     assert turn["contact_id"] and turn["message"].startswith("processed message ") and "job_id" not in turn
-    assert turn["level"] == "INFO" and turn["time"]
+    assert turn["level"] == "DEBUG" and turn["time"]
     assert any(line.get("request_id") == "req-abc-123" and line.get("event") == "webhook.bad_signature"
                for line in lines)
     assert TOKEN not in "".join(map(str, lines))
@@ -339,3 +339,11 @@ def test_logs_carry_request_and_job_ids(api_app, client, caplog):
     record = logging.getLogger("rq.worker").makeRecord("rq.worker", 40, "f", 1, "boom", (), None,
                                                        extra={"job_id": "given"})
     assert json.loads(JsonFormatter().format(record))["job_id"] == "given"
+
+
+def test_a_routine_turn_logs_nothing_at_info(api_app, client, caplog):
+    caplog.set_level("INFO")
+    post_webhook(client, envelope([message("26901", body="hi")]))
+    run_worker(api_app)
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "flow.turn"]
+    assert not [r for r in caplog.records if r.levelname == "INFO" and r.name.startswith("crm.replies")]

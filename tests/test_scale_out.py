@@ -45,7 +45,7 @@ def parent_of(pid: int) -> int | None:
 def test_two_worker_pools_keep_each_contacts_order_and_answer_once(make_app, graph, tmp_path):
     from rq import Worker
 
-    app = make_app(LOG_LEVEL="INFO")  # each turn logs one line (flow.turn): the pools' logs tell who served
+    app = make_app(LOG_LEVEL="DEBUG")  # each turn logs one line (flow.turn): the pools' logs tell who served
     import_examples(app, COUNTING_ECHO)
     redis = app.extensions["redis"]
     logs = [open(tmp_path / f"pool{i}.log", "w+") for i in range(2)]  # noqa: SIM115 - closed below

@@ -170,9 +170,10 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> b
         if latency_ms is not None:
             metrics.REPLY_LATENCY.observe(latency_ms / 1000)
         session = turn.session if turn else None
-        log.info("processed message %s", inbound.id, extra={
-            "event": "flow.turn", "contact_id": contact_id, "flow": session.flow if session else None,
-            "step": session.step if session else None, "ms": latency_ms})
+        if log.isEnabledFor(logging.DEBUG):  # LOG_LEVEL=DEBUG: one line per turn (README, Operating it)
+            log.debug("processed message %s", inbound.id, extra={
+                "event": "flow.turn", "contact_id": contact_id, "flow": session.flow if session else None,
+                "step": session.step if session else None, "ms": latency_ms})
         if (turn is not None and session.status != SessionStatus.HANDOVER and inbound.newest == inbound.id
                 and not contact.is_test):  # no read receipts for the flow simulator's contacts
             # Read receipt after the reply: it must never hold the reply back. The typing
