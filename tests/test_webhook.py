@@ -46,10 +46,22 @@ def test_no_secret_refuses_with_503(make_app, graph, caplog):
 
 
 def test_too_large_and_not_json(app):
+    from crm.app.webhook import MAX_BODY
+
     client = app.test_client()
-    big = b"x" * (1024 * 1024 + 10)
+    big = b"x" * (MAX_BODY + 10)
     assert post_webhook(client, None, raw=big).status_code == 413
     assert post_webhook(client, None, raw=b"{not json").status_code == 400
+
+
+def test_a_delivery_above_the_apps_upload_limit_is_stored(app):
+    # Meta's deliveries go up to 3 MB, the app's forms and uploads stop at 1 MiB
+    payload = envelope([message("26377009900", body="big batch")])
+    payload["entry"][0]["changes"][0]["value"]["padding"] = "x" * (2 * 1024 * 1024)
+    assert post_webhook(app.test_client(), payload).status_code == 200
+    with app.app_context():
+        assert db.session.execute(select(Message.text).where(Message.direction == "in")).scalars().all() == [
+            "big batch"]
 
 
 @pytest.mark.parametrize("payload", [

@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 bp = Blueprint("whatsapp_webhook", __name__)
 OUTAGES = OutageLog(log)
 
-MAX_BODY = 1024 * 1024
+# Meta's webhook deliveries are at most 3 MB ("payloads can be up to 3MB", WhatsApp Cloud API
+# webhooks overview; a delivery batches up to 1 000 updates). A larger cap than the app's
+# MAX_CONTENT_LENGTH: a delivery refused with 413 is re-sent for days and never stored.
+MAX_BODY = 3 * 1024 * 1024
 MAX_DEPTH = 64  # Meta's envelopes nest about 8 deep
 OK_BODY = b'{"status":"ok"}\n'  # what jsonify({"status": "ok"}) gives, without the JSON provider per webhook
 
@@ -119,6 +122,7 @@ def receive():
         return {"error": "webhook secret not configured"}, 503
     if (request.content_length or 0) > MAX_BODY:
         return {"error": "payload too large"}, 413
+    request.max_content_length = MAX_BODY  # above the app's limit for forms and uploads
     try:
         body = request.get_data(cache=False)
     except RequestEntityTooLarge:
