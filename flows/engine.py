@@ -89,6 +89,7 @@ class EngineSettings:
     optout_keywords: tuple[str, ...] = Settings.default("optout_keywords")
     optin_keywords: tuple[str, ...] = Settings.default("optin_keywords")
     cancel_message: str = "OK, stopped. Send 'menu' whenever you want to start again."
+    nothing_to_cancel_message: str = "There is nothing to stop. Send 'menu' to see what I can do."
     optout_message: str = "You will not get any more messages from us. Send 'start' to subscribe again."
     optin_message: str = "Welcome back! Send 'menu' to see what I can do."
     invalid_end_message: str = "Sorry, I could not understand. Send 'menu' to start again."
@@ -232,6 +233,8 @@ class _Run:
             if norm in settings.cancel_keywords:
                 if s.status == SessionStatus.ACTIVE:
                     self.end(EndReason.CANCELLED, settings.cancel_message)
+                else:  # an answer all the same: silence reads as a bot that is down
+                    self.say_text(settings.nothing_to_cancel_message)
                 return self.turn
             if norm in settings.menu_keywords and settings.main_menu_flow in self.library.flows:
                 return self.start(self.library.flows[settings.main_menu_flow], EndReason.RESTARTED)

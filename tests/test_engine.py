@@ -108,6 +108,13 @@ def test_handover_silences_the_bot():
     assert turns[2].messages == [] and turns[3].messages == []
 
 
+def test_cancel_with_nothing_running_still_answers():
+    turns = run(lib(WELCOME), ["cancel", "hi", "cancel", "cancel"])
+    assert texts(turns[0]) == [e.EngineSettings.nothing_to_cancel_message] and turns[0].session.status != "active"
+    assert texts(turns[2]) == ["OK, stopped. Send 'menu' whenever you want to start again."]
+    assert texts(turns[3]) == [e.EngineSettings.nothing_to_cancel_message]
+
+
 @pytest.mark.parametrize("word, status, said", [
     ("menu", "active", "Hi Ana! Pick one"),
     ("cancel", "ended", "OK, stopped. Send 'menu' whenever you want to start again."),
