@@ -107,6 +107,17 @@ def test_the_reply_worker_serves_the_ready_list_in_order_and_leaves_jobs_to_rq(a
         assert all(redis.get(keys.queued(c)) is None for c in range(1, 5))
 
 
+def test_a_ready_list_entry_that_is_not_a_contact_is_dropped_and_the_worker_goes_on(app, graph, caplog):
+    import_examples(app)
+    with app.app_context():
+        redis = app.extensions["redis"]
+        redis.rpush(keys.READY, b"not-a-contact")
+    assert post_webhook(app.test_client(), envelope([message("505", body="hi")])).status_code == 200
+    run_worker(app)  # the main thread's pop (ReadyQueue); the threads' pop shares ready_contact
+    assert [b["to"] for b in graph.sent] == ["505"]
+    assert any(getattr(r, "event", None) == "worker.bad_ready_item" for r in caplog.records)
+
+
 def test_busy_task_clears_its_marker(app):
     """A task that finds the contact locked returns and frees the marker, so the lock holder's
     own wake after it releases is not swallowed."""

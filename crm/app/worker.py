@@ -163,13 +163,19 @@ class ReadyThreads:
             wait = 1.0
             if found is None:
                 continue
-            try:
-                contact_id = int(found[1])
-            except ValueError:
-                log.error("ready list held %r, not a contact id; dropped", found[1][:100],
-                          extra={"event": "worker.bad_ready_item"})
-                continue
-            serve_in(self.app, contact_id)  # serve_ready logs a contact's failure and returns
+            contact_id = ready_contact(found[1])
+            if contact_id is not None:
+                serve_in(self.app, contact_id)  # serve_ready logs a contact's failure and returns
+
+
+def ready_contact(item: bytes) -> int | None:
+    """The contact id an entry of the ready list holds; anything else is logged and dropped."""
+    try:
+        return int(item)
+    except ValueError:
+        log.error("ready list held %r, not a contact id; dropped", item[:100],
+                  extra={"event": "worker.bad_ready_item"})
+        return None
 
 
 class ReadyQueue(Queue):
@@ -190,7 +196,9 @@ class ReadyQueue(Queue):
             found = super().lpop(watched, timeout, connection=connection)
             if found is None or as_text(found[0]) != keys.READY:
                 return found
-            cls.worker.serve(int(found[1]))
+            contact_id = ready_contact(found[1])
+            if contact_id is not None:
+                cls.worker.serve(contact_id)
 
     @classmethod
     def lmove(cls, connection, queue_key, timeout):
