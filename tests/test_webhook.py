@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from sqlalchemy import func, select
@@ -137,6 +138,36 @@ def test_contact_upsert_keeps_profile_and_user_id(app):
         contact = db.session.execute(select(Contact)).scalar_one()
         assert (contact.profile_name, contact.user_id) == ("New Name", "US.123")
         assert contact.last_inbound_at is not None
+
+
+@pytest.mark.parametrize("user_id", [None, "US.777"], ids=["by phone", "by user id"])
+def test_the_service_window_opens_when_the_user_wrote_and_never_moves_back(app, user_id):
+    """A delivery Meta re-sends hours late (our webhook was down) opens the 24-hour window at the
+    message's own timestamp; an older message after a newer one leaves the newer time."""
+    from datetime import timedelta
+
+    from crm.base.models import utcnow
+
+    client = app.test_client()
+
+    def deliver(ago: timedelta) -> None:  # a message the user sent ``ago`` (negative: a clock ahead of ours)
+        payload = envelope([message("888", timestamp=str(int(time.time() - ago.total_seconds())))])
+        if user_id:
+            payload["entry"][0]["changes"][0]["value"]["contacts"][0]["user_id"] = user_id
+        assert post_webhook(client, payload).status_code == 200
+
+    def opened():
+        with app.app_context():
+            return db.session.execute(select(Contact.last_inbound_at)).scalar_one()
+
+    deliver(timedelta(hours=5))
+    assert abs(opened() - (utcnow() - timedelta(hours=5))) < timedelta(seconds=5)
+    deliver(timedelta(hours=1))
+    assert abs(opened() - (utcnow() - timedelta(hours=1))) < timedelta(seconds=5)
+    deliver(timedelta(hours=3))  # older than what is stored: no move back
+    assert abs(opened() - (utcnow() - timedelta(hours=1))) < timedelta(seconds=5)
+    deliver(timedelta(hours=-1))  # a timestamp ahead of our clock counts as now
+    assert abs(opened() - utcnow()) < timedelta(seconds=5)
 
 
 def test_concurrent_duplicates_give_one_row_and_one_job(app):

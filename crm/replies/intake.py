@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import String, and_, bindparam, case, exists, func, select
+from sqlalchemy import DateTime, String, and_, bindparam, case, exists, func, or_, select
 
 from crm.base import hot_sql, keys
 from crm.base.enums import PENDING, STATUS_RANK, Direction, MessageStatus
@@ -47,7 +47,7 @@ def _statement(kind: str):
             stmt = dialect_insert(_contacts)
             # a profile name or user id that Meta leaves out keeps the stored one
             stmt = stmt.on_conflict_do_update(index_elements=[_contacts.c.wa_id], set_={
-                "last_seen_at": stmt.excluded.last_seen_at, "last_inbound_at": stmt.excluded.last_inbound_at,
+                "last_seen_at": stmt.excluded.last_seen_at, "last_inbound_at": _later(stmt.excluded.last_inbound_at),
                 "profile_name": func.coalesce(stmt.excluded.profile_name, _contacts.c.profile_name),
                 "user_id": func.coalesce(stmt.excluded.user_id, _contacts.c.user_id),
             }).returning(_contacts.c.id)
@@ -61,11 +61,18 @@ def _statement(kind: str):
     return _statements[key]
 
 
+def _later(written):
+    """``last_inbound_at`` never moves back: a delivery Meta re-sent late, or a batch's older
+    message, leaves a later one in place (it opens WhatsApp's 24-hour window)."""
+    stored = _contacts.c.last_inbound_at
+    return case((or_(stored.is_(None), stored < written), written), else_=stored)
+
+
 # Senders known by Meta's business-scoped user id are matched user id first; the phone number
 # a message brings is recorded on the contact unless another contact already has it.
 _other = _contacts.alias("other")
 _b_wa = bindparam("b_wa", type_=String)
-_SEEN = {"last_seen_at": bindparam("b_now"), "last_inbound_at": bindparam("b_now"),
+_SEEN = {"last_seen_at": bindparam("b_now"), "last_inbound_at": _later(bindparam("b_sent", type_=DateTime)),
          "profile_name": func.coalesce(bindparam("b_name", type_=String), _contacts.c.profile_name)}
 _BY_USER_ID = (_contacts.update().where(_contacts.c.user_id == bindparam("b_uid")).values(
     **_SEEN, wa_id=case((and_(_b_wa.is_not(None), ~exists().where(_other.c.wa_id == _b_wa,
@@ -75,18 +82,22 @@ _BY_PHONE = (_contacts.update().where(_contacts.c.wa_id == _b_wa)
              .values(**_SEEN, user_id=bindparam("b_uid")).returning(_contacts.c.id))
 
 
-def upsert_contact(wa_id: str | None, profile_name: str | None, user_id: str | None, now) -> int:
+def upsert_contact(wa_id: str | None, profile_name: str | None, user_id: str | None, now,
+                   sent_at=None) -> int:
     """The contact's id, created or updated (last seen, profile name, ids) in the open transaction.
 
     With a user id: the contact with that user id, else the one with the phone number (which
     then gets the user id), else a new one. Without: by phone number, as before user ids.
+    ``sent_at``: when the user sent the message (Meta's timestamp; ``now`` when unknown or
+    ahead of our clock), which is when WhatsApp's 24-hour window opened.
     """
+    sent_at = min(sent_at or now, now)
     values = {"wa_id": wa_id, "profile_name": profile_name or None, "user_id": user_id or None,
               "custom_fields": {}, "opted_out": False, "blocked": False, "is_test": False, "first_seen_at": now,
-              "last_seen_at": now, "last_inbound_at": now}
+              "last_seen_at": now, "last_inbound_at": sent_at}
     if not user_id:
         return hot_sql.execute(_statement("contact"), values).scalar_one()
-    seen = {"b_uid": user_id, "b_wa": wa_id, "b_name": profile_name or None, "b_now": now}
+    seen = {"b_uid": user_id, "b_wa": wa_id, "b_name": profile_name or None, "b_now": now, "b_sent": sent_at}
     for _attempt in range(2):
         contact_id = hot_sql.execute(_BY_USER_ID, seen).scalar()
         if contact_id is None and wa_id:
@@ -115,7 +126,7 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
     stored: list[Stored] = []
     try:
         for m in fresh:
-            contact_id = upsert_contact(m.wa_id, m.profile_name, m.user_id, now)
+            contact_id = upsert_contact(m.wa_id, m.profile_name, m.user_id, now, m.timestamp)
             row = {
                 "contact_id": contact_id, "direction": Direction.IN, "type": m.type, "text": m.text,
                 "payload": m.payload, "phone_number_id": m.phone_number_id,
