@@ -208,6 +208,10 @@ class _Run:
         textual = inbound.type in ("text", "button", "button_reply", "list_reply") and inbound.text
         norm = normalize(inbound.text) if textual else ""
         pressed = normalize(inbound.reply_id) if inbound.reply_id else ""
+        if inbound.type == "system":
+            # WhatsApp's notice about the user (a new number), not the user writing: it answers no
+            # question, starts no flow and gets no reply (the runtime applies the change itself)
+            return self.turn
         if self.contact.get("opted_out"):
             if norm in settings.optin_keywords or pressed in settings.optin_keywords:
                 self.turn.events.append(ev.OptedIn())

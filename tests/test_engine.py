@@ -108,6 +108,14 @@ def test_handover_silences_the_bot():
     assert turns[2].messages == [] and turns[3].messages == []
 
 
+def test_whatsapps_system_notice_answers_no_question_and_starts_nothing():
+    notice = e.Inbound(type="system", text="User Ana changed from 1 to 2")
+    turns = run(lib(WELCOME), [notice, "hi", notice])
+    assert turns[0].messages == [] and turns[0].events == [] and turns[0].session.status != "active"
+    assert turns[2].messages == [] and turns[2].events == []
+    assert (turns[2].session.flow, turns[2].session.step) == (turns[1].session.flow, turns[1].session.step)
+
+
 def test_cancel_with_nothing_running_still_answers():
     turns = run(lib(WELCOME), ["cancel", "hi", "cancel", "cancel"])
     assert texts(turns[0]) == [e.EngineSettings.nothing_to_cancel_message] and turns[0].session.status != "active"

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from integrations.whatsapp.inbound import describe, parse_webhook
+from integrations.whatsapp.inbound import describe, identity_change, parse_webhook
 from tests.helpers import PNID, envelope, message
 
 WA = "27820000001"
@@ -218,3 +218,19 @@ def test_odd_shapes_warn_and_never_raise(body, kept, warns):
         assert parsed.warnings == []
     else:
         assert any(warns in w for w in parsed.warnings), parsed.warnings
+
+
+@pytest.mark.parametrize("system, expected", [
+    ({"type": "user_changed_number", "wa_id": "4915100000011", "user_id": "DE.2", "body": "changed"},
+     ("user_changed_number", "4915100000011", "DE.2")),
+    ({"type": "customer_changed_number", "new_wa_id": "4915100000012", "body": "changed"},
+     ("customer_changed_number", "4915100000012", None)),
+    ({"type": "user_changed_user_id", "user_id": "US.2", "previous_user_id": "US.1"},
+     ("user_changed_user_id", None, "US.2")),
+    ({"type": "user_changed_user_id", "wa_id": "4915100000013"}, None),  # a number only counts with a number change
+    ({"type": "user_changed_number", "wa_id": "x" * 40}, None),  # not an id that fits its column
+    ({"type": "something_new", "wa_id": "4915100000014"}, None),
+], ids=["number", "older api", "user id", "number on a user id change", "too long", "unknown"])
+def test_a_system_message_says_what_changed(system, expected):
+    change = identity_change({"type": "system", "system": system})
+    assert (None if change is None else (change.kind, change.new_wa_id, change.new_user_id)) == expected

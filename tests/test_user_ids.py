@@ -114,6 +114,54 @@ def test_a_changed_user_id_for_a_known_phone_number(uid_app, graph):
     assert [c[1:3] for c in contacts(uid_app)] == [("4915100000004", "DE.222")]
 
 
+def system_message(old_phone: str | None, system: dict, old_user_id: str | None = None) -> dict:
+    """WhatsApp's notice that a user changed their number or user id: type system, no contacts[]."""
+    msg = {"id": f"wamid.in.{uuid.uuid4().hex}", "timestamp": str(int(time.time())), "type": "system",
+           "system": system}
+    if old_phone:
+        msg["from"] = old_phone
+    if old_user_id:
+        msg["from_user_id"] = old_user_id
+    value = {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550000000",
+                                                           "phone_number_id": PNID}, "messages": [msg]}
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": "WABA", "changes": [{"field": "messages", "value": value}]}]}
+
+
+def test_a_user_who_changed_number_stays_the_same_contact_and_gets_no_reply_to_the_notice(uid_app, graph):
+    deliver(uid_app, user_message("before", phone="4915100000010", user_id="DE.old"))
+    requests_before = len(graph.requests)
+    deliver(uid_app, system_message("4915100000010", {
+        "body": "User Bo changed from 4915100000010 to 4915100000011", "type": "user_changed_number",
+        "wa_id": "4915100000011", "user_id": "DE.new", "previous_user_id": "DE.old"}))
+    assert len(graph.requests) == requests_before  # no reply and no read receipt for WhatsApp's notice
+    assert [c[1:3] for c in contacts(uid_app)] == [("4915100000011", "DE.new")]
+    deliver(uid_app, user_message("after", phone="4915100000011", user_id="DE.new"))
+    assert len(contacts(uid_app)) == 1 and sent(graph)[-1][0] == "4915100000011"
+    with uid_app.app_context():  # the notice is in the conversation, answered by nothing
+        notice = db.session.execute(select(Message).where(Message.type == "system")).scalar_one()
+        assert notice.processed_at is not None and "changed from" in notice.text
+
+
+def test_a_new_number_another_contact_has_is_not_taken(uid_app, graph, caplog):
+    deliver(uid_app, user_message("one", phone="4915100000012", user_id=None))
+    deliver(uid_app, user_message("two", phone="4915100000013", user_id=None))
+    deliver(uid_app, system_message("4915100000012", {"type": "user_changed_number", "wa_id": "4915100000013",
+                                                      "body": "changed"}))
+    assert [c[1] for c in contacts(uid_app)] == ["4915100000012", "4915100000013"]
+    assert any(getattr(r, "event", None) == "contact.identity_taken" for r in caplog.records)
+
+
+def test_a_changed_user_id_alone_moves_the_contact(uid_app, graph):
+    old, new = "US.13491208655302740001", "US.13491208655302740002"
+    deliver(uid_app, user_message("ping one", phone=None, user_id=old))
+    deliver(uid_app, system_message(None, {"type": "user_changed_user_id", "user_id": new,
+                                           "previous_user_id": old, "body": "changed"}, old_user_id=old))
+    deliver(uid_app, user_message("ping two", phone=None, user_id=new))
+    assert [c[1:3] for c in contacts(uid_app)] == [(None, new)]
+    assert sent(graph) == [(None, old, "echo ping one"), (None, new, "echo ping two")]
+
+
 def test_a_message_with_neither_phone_nor_user_id_is_refused_with_a_warning(uid_app, graph):
     payload = user_message("nobody", user_id=None)
     parsed = parse_webhook(payload)

@@ -175,7 +175,8 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> b
                 "event": "flow.turn", "contact_id": contact_id, "flow": session.flow if session else None,
                 "step": session.step if session else None, "ms": latency_ms})
         if (turn is not None and session.status != SessionStatus.HANDOVER and inbound.newest == inbound.id
-                and not contact.is_test):  # no read receipts for the flow simulator's contacts
+                and not contact.is_test  # no read receipts for the flow simulator's contacts
+                and (inbound.payload or {}).get("type") != "system"):  # WhatsApp's notice, not the user's
             # Read receipt after the reply: it must never hold the reply back. The typing
             # indicator only makes sense while a reply is still on its way.
             get_client().mark_read(inbound.phone_number_id or settings.whatsapp_phone_number_id,

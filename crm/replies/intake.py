@@ -21,7 +21,7 @@ from crm.base.extensions import db, dialect_insert, get_redis
 from crm.base.models import Contact, Message, utcnow
 from crm.base.templates import apply_status_update, enqueue_sync
 from crm.replies.wake import wake_many
-from integrations.whatsapp.inbound import InboundMessage, StatusUpdate
+from integrations.whatsapp.inbound import IdentityChange, InboundMessage, StatusUpdate
 from integrations.whatsapp.templates import TemplateStatusUpdate
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,32 @@ def upsert_contact(wa_id: str | None, profile_name: str | None, user_id: str | N
     raise RuntimeError(f"contact for user id {user_id!r} could not be stored")  # only a database fault
 
 
+def _moved(column):
+    """UPDATE the contact's ``column`` to ``b_new`` unless another contact already has that value."""
+    return (_contacts.update().where(_contacts.c.id == bindparam("b_id"), ~exists().where(
+        _other.c[column.key] == bindparam("b_new"), _other.c.id != _contacts.c.id))
+        .values({column.key: bindparam("b_new")}).returning(_contacts.c.id))
+
+
+_NEW_NUMBER, _NEW_USER_ID = _moved(_contacts.c.wa_id), _moved(_contacts.c.user_id)
+
+
+def apply_identity_change(contact_id: int, change: IdentityChange) -> None:
+    """The sender changed their phone number or user id (a ``system`` message): the contact moves
+    to the new one, in the open transaction, keeping its conversation, fields and consent. When
+    another contact already has it, nothing moves (merging two histories is an operator's call)
+    and a warning says so."""
+    for column, statement, new in (("number", _NEW_NUMBER, change.new_wa_id),
+                                   ("user id", _NEW_USER_ID, change.new_user_id)):
+        if new and hot_sql.execute(statement, {"b_id": contact_id, "b_new": new}).scalar() is None:
+            log.warning("contact %s changed their %s, but another contact already has the new one; "
+                        "left as it was", contact_id, column,
+                        extra={"event": "contact.identity_taken", "contact_id": contact_id})
+        elif new:
+            log.info("contact %s changed their %s", contact_id, column,
+                     extra={"event": "contact.identity_changed", "contact_id": contact_id})
+
+
 def store_inbound(messages: list[InboundMessage], received_at: float | None = None) -> list[Stored]:
     """Store the messages of one webhook in one transaction and wake their contacts.
 
@@ -127,6 +153,8 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
     try:
         for m in fresh:
             contact_id = upsert_contact(m.wa_id, m.profile_name, m.user_id, now, m.timestamp)
+            if m.identity is not None:
+                apply_identity_change(contact_id, m.identity)
             row = {
                 "contact_id": contact_id, "direction": Direction.IN, "type": m.type, "text": m.text,
                 "payload": m.payload, "phone_number_id": m.phone_number_id,

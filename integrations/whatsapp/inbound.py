@@ -46,6 +46,34 @@ class InboundMessage:
     reply_id: str | None = None  # button / list reply id, template button payload
     context_id: str | None = None  # the message this one answers
     referral: dict | None = None
+    identity: IdentityChange | None = None  # a system message: the sender's new number or user id
+
+
+@dataclass(frozen=True)
+class IdentityChange:
+    """What a ``system`` message says changed about its sender: a new phone number
+    (``user_changed_number``, which also brings a new user id) or a new business-scoped user
+    id alone (``user_changed_user_id``). Each field is None when the message does not say."""
+
+    kind: str
+    new_wa_id: str | None = None
+    new_user_id: str | None = None
+
+
+# system.type values that report a new identity (the customer_* names are the older API's)
+NUMBER_CHANGED = ("user_changed_number", "customer_changed_number")
+USER_ID_CHANGED = ("user_changed_user_id", "customer_identity_changed")
+
+
+def identity_change(payload: dict) -> IdentityChange | None:
+    """The identity change a stored ``system`` message reports, if it reports one."""
+    system = _dict(payload.get("system")) if payload.get("type") == "system" else {}
+    kind = system.get("type")
+    if kind not in NUMBER_CHANGED + USER_ID_CHANGED:
+        return None
+    new_wa_id = _id(system.get("wa_id") or system.get("new_wa_id"), WA_ID_MAX) if kind in NUMBER_CHANGED else None
+    change = IdentityChange(kind, new_wa_id, _id(system.get("user_id"), USER_ID_MAX))
+    return change if change.new_wa_id or change.new_user_id else None
 
 
 @dataclass
@@ -245,6 +273,7 @@ def parse_webhook(body: Any) -> ParsedWebhook:
                         reply_id=reply_id,
                         context_id=_id(_dict(payload.get("context")).get("id"), WAMID_MAX),
                         referral=payload.get("referral") if isinstance(payload.get("referral"), dict) else None,
+                        identity=identity_change(payload) if kind == "system" else None,
                     )
                 )
             for s_index, status in enumerate(_items(value, "statuses", f"{where}.value.", out)):
