@@ -162,6 +162,50 @@ def test_a_changed_user_id_alone_moves_the_contact(uid_app, graph):
     assert sent(graph) == [(None, old, "echo ping one"), (None, new, "echo ping two")]
 
 
+def test_a_notice_delivered_again_finds_the_moved_contact_and_makes_no_other(uid_app, graph, caplog):
+    from crm.base import keys
+
+    deliver(uid_app, user_message("before", phone="4915100000020", user_id=None))
+    notice = system_message("4915100000020", {"type": "user_changed_number", "wa_id": "4915100000021",
+                                              "body": "changed"})
+    deliver(uid_app, notice)
+    with uid_app.app_context():  # as when Redis lost the seen marker, or the first answer was a 503
+        uid_app.extensions["redis"].delete(keys.seen(PNID, notice["entry"][0]["changes"][0]["value"]
+                                                     ["messages"][0]["id"]))
+    deliver(uid_app, notice)
+    assert [c[1] for c in contacts(uid_app)] == ["4915100000021"]
+    assert not any(getattr(r, "event", None) == "contact.identity_taken" for r in caplog.records)
+
+
+def test_a_notice_naming_the_user_by_the_new_id_moves_the_contact_known_by_the_old(uid_app, graph):
+    old, new = "US.13491208655302740003", "US.13491208655302740004"
+    deliver(uid_app, user_message("ping one", phone=None, user_id=old))
+    deliver(uid_app, system_message(None, {"type": "user_changed_user_id", "user_id": new,
+                                           "previous_user_id": old, "body": "changed"}, old_user_id=new))
+    assert [c[1:3] for c in contacts(uid_app)] == [(None, new)]
+
+
+def test_a_notice_opens_no_service_window(uid_app, graph):
+    from datetime import timedelta
+
+    from crm.base.models import utcnow
+
+    deliver(uid_app, user_message("before", phone="4915100000022", user_id=None))
+    three_days_ago = utcnow() - timedelta(days=3)
+    with uid_app.app_context():
+        contact = db.session.execute(select(Contact)).scalar_one()
+        contact.last_inbound_at = three_days_ago
+        db.session.commit()
+    deliver(uid_app, system_message("4915100000022", {"type": "user_changed_number", "wa_id": "4915100000023",
+                                                      "body": "changed"}))
+    # a user we never met: a contact under the new number, with no window either
+    deliver(uid_app, system_message("4915100000030", {"type": "user_changed_number", "wa_id": "4915100000031",
+                                                      "body": "changed"}))
+    with uid_app.app_context():
+        rows = db.session.execute(select(Contact.wa_id, Contact.last_inbound_at).order_by(Contact.id)).all()
+    assert [tuple(r) for r in rows] == [("4915100000023", three_days_ago), ("4915100000031", None)]
+
+
 def test_a_message_with_neither_phone_nor_user_id_is_refused_with_a_warning(uid_app, graph):
     payload = user_message("nobody", user_id=None)
     parsed = parse_webhook(payload)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import DateTime, String, and_, bindparam, case, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from crm.base import hot_sql, keys
 from crm.base.enums import PENDING, STATUS_RANK, Direction, MessageStatus
@@ -83,15 +84,16 @@ _BY_PHONE = (_contacts.update().where(_contacts.c.wa_id == _b_wa)
 
 
 def upsert_contact(wa_id: str | None, profile_name: str | None, user_id: str | None, now,
-                   sent_at=None) -> int:
+                   sent_at=None, opens_window: bool = True) -> int:
     """The contact's id, created or updated (last seen, profile name, ids) in the open transaction.
 
     With a user id: the contact with that user id, else the one with the phone number (which
     then gets the user id), else a new one. Without: by phone number, as before user ids.
     ``sent_at``: when the user sent the message (Meta's timestamp; ``now`` when unknown or
-    ahead of our clock), which is when WhatsApp's 24-hour window opened.
+    ahead of our clock), which is when WhatsApp's 24-hour window opened. ``opens_window``
+    False (WhatsApp's own notice, not the user writing): the window stays as it was.
     """
-    sent_at = min(sent_at or now, now)
+    sent_at = min(sent_at or now, now) if opens_window else None
     values = {"wa_id": wa_id, "profile_name": profile_name or None, "user_id": user_id or None,
               "custom_fields": {}, "opted_out": False, "blocked": False, "is_test": False, "first_seen_at": now,
               "last_seen_at": now, "last_inbound_at": sent_at}
@@ -119,20 +121,61 @@ def _moved(column):
 _NEW_NUMBER, _NEW_USER_ID = _moved(_contacts.c.wa_id), _moved(_contacts.c.user_id)
 
 
+def _contact_by(column, value: str | None) -> int | None:
+    if not value:
+        return None
+    return db.session.execute(select(_contacts.c.id).where(column == value)).scalar()
+
+
+def notice_contact(m: InboundMessage, now) -> int:
+    """The contact a ``system`` notice about a changed number or user id belongs to, moved to the
+    new values (``apply_identity_change``), in the open transaction.
+
+    The notice may name the user by the old or the new identity (Meta sends the previous user id
+    beside the new one), and a re-delivered notice finds the contact already moved: so the
+    contact is looked up by the previous user id, the sender's ids, then the new ones. A notice
+    about a user we never met makes a contact under the new identity. Either way it opens no
+    24-hour window: it is WhatsApp's, not the user's.
+    """
+    change = m.identity
+    assert change is not None
+    for column, value in ((_contacts.c.user_id, change.previous_user_id), (_contacts.c.wa_id, m.wa_id),
+                          (_contacts.c.user_id, m.user_id), (_contacts.c.wa_id, change.new_wa_id),
+                          (_contacts.c.user_id, change.new_user_id)):
+        contact_id = _contact_by(column, value)
+        if contact_id is not None:
+            apply_identity_change(contact_id, change)
+            return contact_id
+    return upsert_contact(change.new_wa_id or m.wa_id, m.profile_name, change.new_user_id or m.user_id, now,
+                          opens_window=False)
+
+
 def apply_identity_change(contact_id: int, change: IdentityChange) -> None:
     """The sender changed their phone number or user id (a ``system`` message): the contact moves
-    to the new one, in the open transaction, keeping its conversation, fields and consent. When
-    another contact already has it, nothing moves (merging two histories is an operator's call)
-    and a warning says so."""
+    to the new one, in the open transaction, keeping its conversation, fields, session and
+    consent. When another contact already has it (or takes it meanwhile), nothing moves (merging
+    two histories is an operator's call) and a warning says so."""
     for column, statement, new in (("number", _NEW_NUMBER, change.new_wa_id),
                                    ("user id", _NEW_USER_ID, change.new_user_id)):
-        if new and hot_sql.execute(statement, {"b_id": contact_id, "b_new": new}).scalar() is None:
+        if not new:
+            continue
+        try:
+            with db.session.begin_nested():  # a unique violation (a concurrent insert) stays in here
+                moved = hot_sql.execute(statement, {"b_id": contact_id, "b_new": new}).scalar() is not None
+        except IntegrityError:
+            moved = False
+        if moved:
+            log.info("contact %s changed their %s", contact_id, column,
+                     extra={"event": "contact.identity_changed", "contact_id": contact_id})
+        else:
             log.warning("contact %s changed their %s, but another contact already has the new one; "
                         "left as it was", contact_id, column,
                         extra={"event": "contact.identity_taken", "contact_id": contact_id})
-        elif new:
-            log.info("contact %s changed their %s", contact_id, column,
-                     extra={"event": "contact.identity_changed", "contact_id": contact_id})
+
+
+def _stored_contact(m: InboundMessage) -> int | None:
+    return db.session.execute(select(Message.contact_id).where(
+        Message.phone_number_id == m.phone_number_id, Message.wa_message_id == m.wa_message_id)).scalar()
 
 
 def store_inbound(messages: list[InboundMessage], received_at: float | None = None) -> list[Stored]:
@@ -152,9 +195,10 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
     stored: list[Stored] = []
     try:
         for m in fresh:
-            contact_id = upsert_contact(m.wa_id, m.profile_name, m.user_id, now, m.timestamp)
-            if m.identity is not None:
-                apply_identity_change(contact_id, m.identity)
+            if m.identity is None:
+                contact_id = upsert_contact(m.wa_id, m.profile_name, m.user_id, now, m.timestamp)
+            else:  # rare: a copy already stored keeps its contact, and nothing moves again
+                contact_id = _stored_contact(m) or notice_contact(m, now)
             row = {
                 "contact_id": contact_id, "direction": Direction.IN, "type": m.type, "text": m.text,
                 "payload": m.payload, "phone_number_id": m.phone_number_id,

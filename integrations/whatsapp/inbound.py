@@ -58,11 +58,13 @@ class IdentityChange:
     kind: str
     new_wa_id: str | None = None
     new_user_id: str | None = None
+    previous_user_id: str | None = None  # the user id the contact may still be known by
 
 
-# system.type values that report a new identity (the customer_* names are the older API's)
+# system.type values that report a new identity (customer_changed_number is the older API's;
+# its customer_identity_changed was a security-code change, not a new identity)
 NUMBER_CHANGED = ("user_changed_number", "customer_changed_number")
-USER_ID_CHANGED = ("user_changed_user_id", "customer_identity_changed")
+USER_ID_CHANGED = ("user_changed_user_id",)
 
 
 def identity_change(payload: dict) -> IdentityChange | None:
@@ -72,7 +74,8 @@ def identity_change(payload: dict) -> IdentityChange | None:
     if kind not in NUMBER_CHANGED + USER_ID_CHANGED:
         return None
     new_wa_id = _id(system.get("wa_id") or system.get("new_wa_id"), WA_ID_MAX) if kind in NUMBER_CHANGED else None
-    change = IdentityChange(kind, new_wa_id, _id(system.get("user_id"), USER_ID_MAX))
+    change = IdentityChange(kind, new_wa_id, _id(system.get("user_id"), USER_ID_MAX),
+                            _id(system.get("previous_user_id"), USER_ID_MAX))
     return change if change.new_wa_id or change.new_user_id else None
 
 

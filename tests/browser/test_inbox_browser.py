@@ -41,10 +41,12 @@ def sign_in(driver, live, name: str, password: str = PASSWORD) -> None:
 
 def text_of(driver, element_id: str) -> str:
     """An element's text, read in one script: polling replaces the list and panels, and an
-    element found one WebDriver call earlier may be gone when its text is asked for. Spaces
-    and tabs (between table cells) collapse to one space, as in WebDriver's own ``.text``."""
+    element found one WebDriver call earlier may be gone when its text is asked for. As with
+    WebDriver's own ``.text``, a hidden element has none, and spaces and tabs (between table
+    cells) collapse to one space."""
     return driver.execute_script("const e = document.getElementById(arguments[0]);"
-                                 "return e ? e.innerText.replace(/[ \\t]+/g, ' ').trim() : ''", element_id)
+                                 "return e && e.checkVisibility() ? e.innerText.replace(/[ \\t]+/g, ' ').trim()"
+                                 " : ''", element_id)
 
 
 def list_text(driver) -> str:
@@ -52,8 +54,8 @@ def list_text(driver) -> str:
 
 
 def thread_texts(driver) -> list[str]:
-    return driver.execute_script(
-        "return Array.from(document.querySelectorAll('#thread .msg .text'), e => e.innerText.trim())")
+    return driver.execute_script("return Array.from(document.querySelectorAll('#thread .msg .text'))"
+                                 ".filter(e => e.checkVisibility()).map(e => e.innerText.trim())")
 
 
 def test_handover_claim_answer_resolve(live, browser, shoot):
