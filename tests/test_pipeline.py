@@ -61,6 +61,10 @@ def test_two_messages_of_a_turn_in_order(echo_app, graph):
     send(echo_app, "101", "two")
     run_worker(echo_app)
     assert graph.texts("101") == ["first", "second"]
+    with echo_app.app_context():  # the time to reply is on the turn's first reply, written with its send
+        rows = db.session.execute(select(Message.direction, Message.text, Message.reply_ms).order_by(Message.id)).all()
+    assert [(d, t) for d, t, _ms in rows] == [("in", "two"), ("out", "first"), ("out", "second")]
+    assert rows[0].reply_ms is None and rows[1].reply_ms > 0 and rows[2].reply_ms is None
 
 
 def test_one_contact_twenty_messages_several_workers(echo_app, graph):

@@ -125,7 +125,9 @@ class Message(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     wa_timestamp: Mapped[datetime | None] = mapped_column(DateTime)
     received_at: Mapped[float | None] = mapped_column(db.Float)  # epoch seconds the webhook arrived
-    reply_ms: Mapped[float | None] = mapped_column(db.Float)  # inbound: webhook -> first reply accepted
+    # the first reply of a turn: ms from its inbound message's webhook to this send accepted (on
+    # the inbound row itself before 2026-12-07; crm/app/api/stats.py reads either)
+    reply_ms: Mapped[float | None] = mapped_column(db.Float)
     processed_at: Mapped[datetime | None] = mapped_column(DateTime)  # inbound: handled by the flow job
     flow_session_id: Mapped[int | None] = mapped_column(BigId)
     origin: Mapped[Origin | None] = mapped_column(String(16))  # outbound: who wrote it

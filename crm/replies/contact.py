@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import traceback
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     JSON,
@@ -61,7 +61,6 @@ RETRY_AFTER_FAILURE = timedelta(seconds=5)
 APOLOGY = "Sorry, something went wrong with your last message. Send 'menu' to start again."
 
 messages = Message.__table__
-_REPLY_MS = messages.update().where(messages.c.id == bindparam("b_id")).values(reply_ms=bindparam("b_ms"))
 _SET_ASIDE = (messages.update().where(messages.c.id == bindparam("b_id"), messages.c.processed_at.is_(None))
               .values(status=MessageStatus.FAILED, processed_at=bindparam("b_now"), failed_at=bindparam("b_now"),
                       error_title=bindparam("b_title"), error_details=bindparam("b_details")))
@@ -116,7 +115,8 @@ def _turn_with_retry(inbound, contact, claim_first: bool):
     raise RuntimeError(f"could not commit a turn for contact {contact.id} after 3 tries")
 
 
-def _deliver(contact, lock: ContactLock, **kwargs):
+def _deliver(contact, lock: ContactLock, **kwargs) -> tuple[datetime | None, float | None]:
+    """Run an outbox pass: (when the head is next due, None when nothing waits; the reply's ms)."""
     outbox = OutboxPass(contact.id, contact.wa_id, contact.last_inbound_at, lock=lock,
                         opted_out=contact.opted_out, blocked=contact.blocked, user_id=contact.user_id,
                         # the flow simulator's contacts: everything as usual, but sent to a sink
@@ -124,7 +124,7 @@ def _deliver(contact, lock: ContactLock, **kwargs):
     due = outbox.run()
     if due is not None:
         wake(contact.id, at=due)
-    return due
+    return due, outbox.reply_ms
 
 
 def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> bool:
@@ -141,7 +141,7 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> b
         inbound, outbox_head = heads(contact_id)
         outbox_clear = outbox_head is None
         if not outbox_clear:
-            outbox_clear = _deliver(contact, lock) is None
+            outbox_clear = _deliver(contact, lock)[0] is None
         if inbound is None:
             return False
         more = inbound.newest != inbound.id
@@ -157,16 +157,9 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> b
                 return False  # retried later, after a backoff
             turns += 1
             continue
-        reply_ms: list[float] = []  # webhook -> first accepted send, once known
-
-        def on_sent(_message_id: int, when: float, reply_ms: list = reply_ms, inbound=inbound) -> None:
-            if not reply_ms and inbound.received_at:
-                reply_ms.append(round((when - inbound.received_at) * 1000, 1))
-                hot_sql.execute(_REPLY_MS, {"b_id": inbound.id, "b_ms": reply_ms[0]})
-
-        due = _deliver(contact, lock, on_sent=on_sent, claimed=rows[0] if rows else None,
-                       then=rows[1:] if rows else None)
-        latency_ms = reply_ms[0] if reply_ms else None
+        # webhook -> first accepted send: recorded on that reply's row (its reply_ms)
+        due, latency_ms = _deliver(contact, lock, replying_to=inbound.received_at,
+                                   claimed=rows[0] if rows else None, then=rows[1:] if rows else None)
         if latency_ms is not None:
             metrics.REPLY_LATENCY.observe(latency_ms / 1000)
         session = turn.session if turn else None

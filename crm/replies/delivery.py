@@ -22,11 +22,10 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Float, bindparam, func, select
 
 from crm.base import hot_sql, metrics
 from crm.base.enums import Direction, MessageStatus, Origin
@@ -80,9 +79,12 @@ _HEAD = outbox_head(*_OUT_COLUMNS).where(messages.c.id > bindparam("b_after"))
 _CLAIM = (messages.update().where(messages.c.id == bindparam("b_id"))
           .values(status=MessageStatus.SENDING, attempts=messages.c.attempts + 1, last_attempt_at=bindparam("b_now"),
                   next_attempt_at=bindparam("b_deadline")))
+# reply_ms rides on the send's own UPDATE (the first reply of a turn): on PostgreSQL each
+# statement is the server's work (README, Performance), and this was one more per reply.
 _SENT = (messages.update().where(messages.c.id == bindparam("b_id"))
          .values(status=MessageStatus.SENT, wa_message_id=bindparam("b_wamid"), next_attempt_at=None,
                  sent_at=func.coalesce(messages.c.sent_at, bindparam("b_now")),
+                 reply_ms=func.coalesce(bindparam("b_ms", type_=Float), messages.c.reply_ms),
                  error_code=None, error_title=None, error_details=None))
 _RETRY = (messages.update().where(messages.c.id == bindparam("b_id"))
           .values(status=bindparam("b_status"), next_attempt_at=bindparam("b_next"),
@@ -154,8 +156,9 @@ class OutboxPass:
 
     ``claimed`` is a head row the caller already committed as ``sending`` and ``then`` the rows
     it knows follow it (a turn's other messages): the outbox is not read again until they are
-    sent. ``on_sent(message_id, when)`` runs after each accepted send, in the transaction that
-    records it. ``opted_out``/``blocked`` are the contact's consent, read by the caller.
+    sent. ``replying_to``: when the webhook received the message these rows answer (epoch
+    seconds); the first accepted send records the time since then as its ``reply_ms`` (also left
+    in ``self.reply_ms``). ``opted_out``/``blocked`` are the contact's consent, read by the caller.
     Messages go to the phone number ``wa_id``, or to the business-scoped ``user_id`` when the
     contact has no phone number.
     """
@@ -168,7 +171,8 @@ class OutboxPass:
     blocked: bool = False
     claimed: Outgoing | None = None
     then: list[Outgoing] | None = None
-    on_sent: Callable[[int, float], None] | None = None
+    replying_to: float | None = None
+    reply_ms: float | None = None
     sent: list[int] = field(default_factory=list)
     user_id: str | None = None
     # Where the messages go: None is the Graph API (``get_client()``); serve_contact passes
@@ -227,10 +231,11 @@ class OutboxPass:
                                  user_id=self.user_id)
             now = utcnow()
             if result.ok:
-                hot_sql.execute(_SENT, {"b_id": msg.id, "b_wamid": result.wa_message_id, "b_now": now})
+                ms = None
+                if self.replying_to and self.reply_ms is None:  # the first reply to the message
+                    self.reply_ms = ms = round((time.time() - self.replying_to) * 1000, 1)
+                hot_sql.execute(_SENT, {"b_id": msg.id, "b_wamid": result.wa_message_id, "b_now": now, "b_ms": ms})
                 self.sent.append(msg.id)
-                if self.on_sent:
-                    self.on_sent(msg.id, time.time())
                 if then is not None:  # rows queued meanwhile by others wait for the next pass
                     following = then.pop(0) if then else None
                 else:

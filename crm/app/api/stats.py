@@ -38,9 +38,10 @@ def stats():
             .group_by(day, Message.direction)):
         per_day.setdefault(str(d), {"date": str(d), "inbound": 0, "outbound": 0})[
             "inbound" if direction == "in" else "outbound"] = count
+    # webhook -> first reply accepted: on the reply's row (on the inbound row before 2026-12-07)
     latencies = list(db.session.execute(
-        select(Message.reply_ms).where(Message.direction == "in", Message.reply_ms.is_not(None),
-                                       Message.created_at >= since, REAL_MESSAGES)).scalars())
+        select(Message.reply_ms).where(Message.reply_ms.is_not(None), Message.created_at >= since,
+                                       REAL_MESSAGES)).scalars())
     failed = db.session.execute(
         select(Message.error_code, func.min(Message.error_title), func.count())
         .where(Message.direction == "out", Message.status == "failed", Message.created_at >= since, REAL_MESSAGES)
