@@ -73,7 +73,7 @@ def main() -> int:
     preload()  # imported once here, shared copy-on-write by the forked workers
     settle()
     configure_logging(Settings.from_env().log_level)
-    log.info("web: %d process(es) x %d threads on port %d (%s)", settings["workers"], settings["blocking_threads"],
+    log.info("web: %d process(es) x %d thread(s) on port %d (%s)", settings["workers"], settings["blocking_threads"],
              settings["port"], sizing.detect().describe(), extra={"event": "web.start"})
     Server(**settings).serve()
     return 0
