@@ -82,24 +82,11 @@ def test_default_plan(machine, plan):
     assert sizing.default_plan(machine) == plan
 
 
-@pytest.mark.parametrize(("env", "web_threads"), [
-    ({}, 1),  # the embedded default
-    ({"DATABASE_URL": "sqlite:////srv/crm.sqlite3"}, 1),
-    ({"DATABASE_URL": "postgresql://u@db/crm"}, 4),
-    ({"DATABASE_URL": "postgres://u@db/crm"}, 4),  # Heroku's spelling
-    ({"DATABASE_URL": "sqlite:///x", "WEB_THREADS": "3"}, 3),
-])
-def test_web_threads_follow_the_database(env, web_threads):
-    """SQLite's webhook waits on nothing remote: one thread per web process (measured, sizing.py)."""
-    assert sizing.plan(env, Machine(2, None)).web_threads == web_threads
-
-
 def test_environment_overrides_the_computed_values():
     machine = Machine(8, 512 * MB)
     env = {"WEB_CONCURRENCY": "5", "WEB_THREADS": "8", "WORKER_PROCESSES": "6", "WORKER_THREADS": "16"}
     assert sizing.plan(env, machine) == Plan(5, 8, 6, 16)
-    assert sizing.plan({"WORKER_PROCESSES": " ", "DATABASE_URL": "postgresql://db/crm"}, machine) == Plan(
-        3, 4, 3, 4)  # empty = computed
+    assert sizing.plan({"WORKER_PROCESSES": " "}, machine) == Plan(3, 4, 3, 4)  # empty = computed
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
@@ -123,8 +110,8 @@ def test_detect_reads_this_machine():
 def test_the_web_server_sizes_itself_from_the_machine():
     from crm.app.server import options
 
-    expected = sizing.default_plan(sizing.detect(), embedded_database=True)
-    conf = options({})  # no DATABASE_URL: the embedded SQLite
+    expected = sizing.default_plan(sizing.detect())
+    conf = options({})
     assert (conf["workers"], conf["blocking_threads"]) == (expected.web_processes, expected.web_threads)
     conf = options({"WEB_CONCURRENCY": "3", "WEB_THREADS": "2"})
     assert (conf["workers"], conf["blocking_threads"]) == (3, 2)

@@ -3,8 +3,8 @@
     python -m crm.app.server            # the Procfile's web line
 
 ``WEB_CONCURRENCY`` worker processes (default: one per usable core, capped by the memory
-limit; see ``crm/base/sizing.py``) with ``WEB_THREADS`` threads each (default 4 on PostgreSQL,
-1 on SQLite) on ``PORT`` (default 8000). ``WEB_ACCESS_LOG=1`` writes one access-log line per request (default off:
+limit; see ``crm/base/sizing.py``) with ``WEB_THREADS`` threads each (default 4) on ``PORT``
+(default 8000). ``WEB_ACCESS_LOG=1`` writes one access-log line per request (default off:
 Heroku's router already logs every request, and at hundreds of webhooks a second the lines
 cost CPU the replies need).
 

@@ -11,14 +11,8 @@ worker pool size themselves the same way and the rules are table-tested.
   dynos say 8 whatever their size; the smallest has 512 MB), so memory caps the counts:
   each of our processes holds about ``PROCESS_MB`` and the plan uses ``MEMORY_SHARE`` of
   the limit, counting the master/supervisor process as one of them.
-* Web: one web worker process per core. Threads per process: 4 with a database server
-  (PostgreSQL: every statement is a network round trip, and threads cover the waits), 1 with
-  the embedded SQLite, whose webhook waits only on local things (the file's writer gate, a
-  Redis round trip of ~30 µs), so that more threads in one process mostly contend for the
-  GIL. Measured with ``bench/cpu_split.sh sqlite`` (2 cores, alternated twice, medians of 3):
-  1 thread 5.45-5.85 ms of CPU per reply and 252-270 replies/s, 4 threads 5.78-6.28 ms and
-  235-252/s, 2 threads as 4; ``bench/reply_bench.sh sqlite`` with 1 thread: burst c's slowest
-  reply 270 ms, against 422 ms with 4 the same day.
+* Web: one web worker process per core with ``WEB_THREADS`` threads (the webhook is short
+  and mostly waits on the database and Redis; threads cover the waits).
 * Reply processes: one per core, each serving contacts from ``REPLY_THREADS`` threads (a turn
   waits on the Graph API, the database and Redis; threads cover the waits, and a thread costs a
   few MB where a process costs ``PROCESS_MB``). Measured with ``bench/cpu_split.sh`` (2 cores,
@@ -41,8 +35,7 @@ from pathlib import Path
 
 PROCESS_MB = 85  # measured resident size of one app process (web worker or reply process)
 MEMORY_SHARE = 0.8  # leave room for growth and the platform: Heroku stops a dyno past its quota
-WEB_THREADS = 4  # with a database server
-WEB_THREADS_EMBEDDED = 1  # with SQLite (measured above)
+WEB_THREADS = 4
 REPLY_PROCESSES_PER_CORE = 1
 REPLY_THREADS = 4
 UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
@@ -159,20 +152,14 @@ def processes_in_memory(memory_bytes: int | None) -> int | None:
     return max(1, total - 1)
 
 
-def default_plan(machine: Machine, embedded_database: bool = False) -> Plan:
+def default_plan(machine: Machine) -> Plan:
     fit = processes_in_memory(machine.memory_bytes)
 
     def cap(n: int) -> int:
         return max(1, n if fit is None else min(n, fit))
 
-    web_threads = WEB_THREADS_EMBEDDED if embedded_database else WEB_THREADS
-    return Plan(web_processes=cap(machine.cores), web_threads=web_threads,
+    return Plan(web_processes=cap(machine.cores), web_threads=WEB_THREADS,
                 reply_processes=cap(REPLY_PROCESSES_PER_CORE * machine.cores), reply_threads=REPLY_THREADS)
-
-
-def embedded_database(env: Mapping[str, str]) -> bool:
-    """Whether ``DATABASE_URL`` is SQLite (also when unset: the embedded default)."""
-    return (env.get("DATABASE_URL") or "sqlite").strip().startswith("sqlite")
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
@@ -192,7 +179,7 @@ def plan(env: Mapping[str, str] | None = None, machine: Machine | None = None) -
     """The computed defaults with ``WEB_CONCURRENCY``, ``WEB_THREADS``, ``WORKER_PROCESSES`` and
     ``WORKER_THREADS`` applied."""
     env = os.environ if env is None else env
-    base = default_plan(machine or detect(), embedded_database(env))
+    base = default_plan(machine or detect())
     return Plan(web_processes=_positive(env, "WEB_CONCURRENCY", base.web_processes),
                 web_threads=_positive(env, "WEB_THREADS", base.web_threads),
                 reply_processes=_positive(env, "WORKER_PROCESSES", base.reply_processes),
