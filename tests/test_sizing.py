@@ -115,3 +115,48 @@ def test_the_web_server_sizes_itself_from_the_machine():
     assert (conf["workers"], conf["blocking_threads"]) == (expected.web_processes, expected.web_threads)
     conf = options({"WEB_CONCURRENCY": "3", "WEB_THREADS": "2"})
     assert (conf["workers"], conf["blocking_threads"]) == (3, 2)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_client_sending_its_body_slowly_does_not_hold_the_web_process(make_app):
+    """One web process with its default threads: a request whose body trickles in holds one
+    thread (Granian hands the body to the app as it arrives), and the others keep answering.
+    With one thread per process the process stopped answering (measured: /healthz timed out)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from tests.helpers import ROOT, free_port
+
+    app = make_app()
+    port = free_port()
+    env = {**os.environ, **app.config["TEST_ENV"], "PYTHONPATH": str(ROOT), "PORT": str(port),
+           "WEB_CONCURRENCY": "1", "LOG_LEVEL": "WARNING", "WEB_HOST": "127.0.0.1"}
+    env.pop("WEB_THREADS", None)
+    web = subprocess.Popen([sys.executable, "-m", "crm.app.server"], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    slow: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        slow += [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        for s in slow:  # headers and 10 of 100 000 announced bytes, then nothing
+            s.sendall(b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"X-Hub-Signature-256: sha256=00\r\nContent-Length: 100000\r\n\r\n" + b"{" * 10)
+        time.sleep(0.5)
+        assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+    finally:
+        for s in slow:
+            s.close()
+        web.terminate()
+        web.wait(30)

@@ -12,7 +12,12 @@ worker pool size themselves the same way and the rules are table-tested.
   each of our processes holds about ``PROCESS_MB`` and the plan uses ``MEMORY_SHARE`` of
   the limit, counting the master/supervisor process as one of them.
 * Web: one web worker process per core with ``WEB_THREADS`` threads (the webhook is short
-  and mostly waits on the database and Redis; threads cover the waits).
+  and mostly waits on the database and Redis; threads cover the waits). Not fewer: on SQLite
+  one thread per process spent 6 % less CPU per reply (``bench/cpu_split.sh sqlite``,
+  alternated twice: 5.45-5.85 against 5.78-6.28 ms, 2 threads as 4), but Granian hands a
+  request's body to the app as it arrives, so one client sending its body slowly holds a
+  thread as long as it likes, and with one thread that is the whole process
+  (``tests/test_sizing.py``).
 * Reply processes: one per core, each serving contacts from ``REPLY_THREADS`` threads (a turn
   waits on the Graph API, the database and Redis; threads cover the waits, and a thread costs a
   few MB where a process costs ``PROCESS_MB``). Measured with ``bench/cpu_split.sh`` (2 cores,
