@@ -230,6 +230,38 @@ def test_reset_ends_the_session_and_starts_a_fresh_contact(sim_app, graph):
     assert graph.requests == []
 
 
+def test_test_contacts_left_idle_are_deleted_with_their_conversations(sim_app, graph):
+    from crm.app.simulator.cleanup import JOB, purge_idle_test_contacts
+    from crm.base.operators import AuditEvent
+    from crm.base.schedules import schedules_of
+    from tests.helpers import envelope, message, post_webhook
+
+    assert JOB in {s.func for s in schedules_of(sim_app)}  # the scheduler runs it daily
+    tester = User(sim_app)
+    old = tester.press(tester.start("welcome"), "Sign up")["contact"]["id"]
+    current = tester.start("welcome")["contact"]["id"]
+    assert post_webhook(sim_app.test_client(), envelope([message("26377005555", body="hi")])).status_code == 200
+    run_worker(sim_app)  # a real contact, answered, with its rows
+    with sim_app.app_context():
+        real = db.session.execute(select(Contact.id).where(Contact.is_test.is_(False))).scalar_one()
+        ancient = utcnow() - timedelta(days=30)
+        for contact_id in (old, real):  # the real contact is as old: it stays all the same
+            db.session.get(Contact, contact_id).last_seen_at = ancient
+        db.session.add(AuditEvent(at=utcnow(), operator="Bo", via="web", action="note", contact_id=old))
+        db.session.commit()
+        rows_before = {c: db.session.execute(select(Message.id).where(Message.contact_id == c)).all()
+                       for c in (old, current, real)}
+        assert all(rows_before.values())
+        assert purge_idle_test_contacts() == 1
+        assert purge_idle_test_contacts() == 0
+        assert {c for (c,) in db.session.execute(select(Contact.id))} == {current, real}
+        assert not db.session.execute(select(Message.id).where(Message.contact_id == old)).all()
+        assert not db.session.execute(select(FlowSession.id).where(FlowSession.contact_id == old)).all()
+        assert not db.session.execute(select(AuditEvent.id).where(AuditEvent.contact_id == old)).all()
+        for c in (current, real):
+            assert db.session.execute(select(Message.id).where(Message.contact_id == c)).all() == rows_before[c]
+
+
 def test_an_idle_session_expires_and_the_notice_shows(sim_app, graph):
     tester = User(sim_app)
     state = tester.press(tester.start("welcome"), "Sign up")

@@ -62,6 +62,8 @@ class Settings:
     session_expired_message: str = DEFAULT_EXPIRED_MESSAGE
     handover_idle_hours: float = 24.0  # a handover with no message either way ends after this
     turn_max_attempts: int = 3  # tries at one inbound message before it is set aside
+    simulator_keep_days: float = 7.0  # the flow simulator's test contacts idle this long are deleted
+    simulator_cleanup_cron: str = "17 3 * * *"
     main_menu_flow: str = "welcome"
     menu_keywords: tuple[str, ...] = ("menu",)
     cancel_keywords: tuple[str, ...] = ("cancel", "stop")
@@ -197,6 +199,8 @@ class Settings:
             session_expired_message=raw("session_expired_message"),
             handover_idle_hours=number("handover_idle_hours", above=0),
             turn_max_attempts=number("turn_max_attempts", kind=int, minimum=1),
+            simulator_keep_days=number("simulator_keep_days", above=0),
+            simulator_cleanup_cron=cron("simulator_cleanup_cron"),
             main_menu_flow=text("main_menu_flow"),
             menu_keywords=words("menu_keywords"),
             cancel_keywords=words("cancel_keywords"),

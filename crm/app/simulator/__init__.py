@@ -11,13 +11,20 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
+from crm.app.simulator.cleanup import JOB
+from crm.base import keys
+from crm.base.schedules import Schedule, add_schedules
+
 bp = Blueprint("simulator", __name__, url_prefix="/simulator", template_folder="templates",
                static_folder="static")
 
 
 def init_app(app: Flask) -> None:
-    """The simulator page; sign-in comes from the inbox (``crm.app.auth``)."""
+    """The simulator page (sign-in comes from the inbox, ``crm.app.auth``), and the daily
+    deletion of the test contacts it left (``crm.app.simulator.cleanup``)."""
     app.register_blueprint(bp)
+    add_schedules(app, Schedule("simulator-cleanup", app.config["SETTINGS"].simulator_cleanup_cron, JOB, keys.LOW,
+                                600))
 
 
 from crm.app.simulator import views  # noqa: E402,F401 - routes register on bp
