@@ -83,17 +83,15 @@ _BY_PHONE = (_contacts.update().where(_contacts.c.wa_id == _b_wa)
              .values(**_SEEN, user_id=bindparam("b_uid")).returning(_contacts.c.id))
 
 
-def upsert_contact(wa_id: str | None, profile_name: str | None, user_id: str | None, now,
-                   sent_at=None, opens_window: bool = True) -> int:
+def upsert_contact(wa_id: str | None, profile_name: str | None, user_id: str | None, now, sent_at) -> int:
     """The contact's id, created or updated (last seen, profile name, ids) in the open transaction.
 
     With a user id: the contact with that user id, else the one with the phone number (which
     then gets the user id), else a new one. Without: by phone number, as before user ids.
-    ``sent_at``: when the user sent the message (Meta's timestamp; ``now`` when unknown or
-    ahead of our clock), which is when WhatsApp's 24-hour window opened. ``opens_window``
-    False (WhatsApp's own notice, not the user writing): the window stays as it was.
+    ``sent_at``: when the user sent the message, which is when WhatsApp's 24-hour window opened
+    (``last_inbound_at``, never moved back); None (WhatsApp's own notice, not the user writing)
+    leaves the window as it was.
     """
-    sent_at = min(sent_at or now, now) if opens_window else None
     values = {"wa_id": wa_id, "profile_name": profile_name or None, "user_id": user_id or None,
               "custom_fields": {}, "opted_out": False, "blocked": False, "is_test": False, "first_seen_at": now,
               "last_seen_at": now, "last_inbound_at": sent_at}
@@ -147,7 +145,7 @@ def notice_contact(m: InboundMessage, now) -> int:
             apply_identity_change(contact_id, change)
             return contact_id
     return upsert_contact(change.new_wa_id or m.wa_id, m.profile_name, change.new_user_id or m.user_id, now,
-                          opens_window=False)
+                          sent_at=None)
 
 
 def apply_identity_change(contact_id: int, change: IdentityChange) -> None:
@@ -173,9 +171,10 @@ def apply_identity_change(contact_id: int, change: IdentityChange) -> None:
                         extra={"event": "contact.identity_taken", "contact_id": contact_id})
 
 
-def _stored_contact(m: InboundMessage) -> int | None:
-    return db.session.execute(select(Message.contact_id).where(
-        Message.phone_number_id == m.phone_number_id, Message.wa_message_id == m.wa_message_id)).scalar()
+def _stored(m: InboundMessage):
+    """The row (id, contact_id, processed_at) an earlier copy of ``m`` was stored as, or None."""
+    return db.session.execute(select(Message.id, Message.contact_id, Message.processed_at).where(
+        Message.phone_number_id == m.phone_number_id, Message.wa_message_id == m.wa_message_id)).first()
 
 
 def store_inbound(messages: list[InboundMessage], received_at: float | None = None) -> list[Stored]:
@@ -195,10 +194,11 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
     stored: list[Stored] = []
     try:
         for m in fresh:
-            if m.identity is None:
-                contact_id = upsert_contact(m.wa_id, m.profile_name, m.user_id, now, m.timestamp)
+            if m.identity is None:  # the user wrote: the 24-hour window opened when they sent it
+                contact_id = upsert_contact(m.wa_id, m.profile_name, m.user_id, now, min(m.timestamp or now, now))
             else:  # rare: a copy already stored keeps its contact, and nothing moves again
-                contact_id = _stored_contact(m) or notice_contact(m, now)
+                earlier = _stored(m)
+                contact_id = earlier.contact_id if earlier is not None else notice_contact(m, now)
             row = {
                 "contact_id": contact_id, "direction": Direction.IN, "type": m.type, "text": m.text,
                 "payload": m.payload, "phone_number_id": m.phone_number_id,
@@ -210,11 +210,7 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
             if new_id is not None:
                 stored.append(Stored(new_id, contact_id, True))
             else:
-                existing = db.session.execute(
-                    select(Message.id, Message.processed_at).where(
-                        Message.phone_number_id == m.phone_number_id,
-                        Message.wa_message_id == m.wa_message_id)
-                ).one()
+                existing = _stored(m)
                 if existing.processed_at is None:  # stored earlier but maybe never enqueued
                     stored.append(Stored(existing.id, contact_id, False))
         db.session.commit()

@@ -276,7 +276,7 @@ def parse_webhook(body: Any) -> ParsedWebhook:
                         reply_id=reply_id,
                         context_id=_id(_dict(payload.get("context")).get("id"), WAMID_MAX),
                         referral=payload.get("referral") if isinstance(payload.get("referral"), dict) else None,
-                        identity=identity_change(payload) if kind == "system" else None,
+                        identity=identity_change(payload),
                     )
                 )
             for s_index, status in enumerate(_items(value, "statuses", f"{where}.value.", out)):
