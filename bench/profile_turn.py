@@ -56,6 +56,7 @@ def main() -> int:
     parser.add_argument("--sort", default="cumulative", help="cProfile order: cumulative, tottime, ...")
     parser.add_argument("--text", default="hi")
     parser.add_argument("--show-sql", action="store_true", help="print the SQL of the last turn")
+    parser.add_argument("--show-redis", action="store_true", help="print the Redis commands of the last turn")
     parser.add_argument("--no-profile", action="store_true", help="wall and CPU time only (no cProfile overhead)")
     args = parser.parse_args()
 
@@ -164,6 +165,11 @@ def profile(args, rport: int) -> int:
     for i in range(args.turns):
         for name, (fn, prof, acc) in sides.items():
             last.clear()
+            monitor = None
+            if args.show_redis and i == args.turns - 1:  # redis-cli MONITOR around the last turn
+                monitor = subprocess.Popen(["redis-cli", "-p", str(rport), "monitor"], stdout=subprocess.PIPE,
+                                           text=True)
+                time.sleep(0.3)
             cmds = int(r.info("stats")["total_commands_processed"])
             stmts = statements[0]
             t0, w0 = time.process_time(), time.perf_counter()
@@ -176,6 +182,11 @@ def profile(args, rport: int) -> int:
             acc[3] += time.perf_counter() - w0
             acc[1] += statements[0] - stmts
             acc[2] += int(r.info("stats")["total_commands_processed"]) - cmds - 1  # minus our INFO
+            if monitor is not None:
+                time.sleep(0.3)
+                monitor.terminate()
+                seen = [line.split("]", 1)[-1].strip()[:140] for line in monitor.communicate()[0].splitlines()[1:]]
+                print(f"-- {name}: the last turn's Redis commands", *seen[:-1], sep="\n  ")
             if args.show_sql and i == args.turns - 1:
                 print(f"-- {name}: the last turn's SQL", *(" ".join(str(s).split())[:160] for s in last), sep="\n  ")
     servers = server_ticks() - servers
