@@ -14,10 +14,11 @@ from crm.base.enums import Direction, MessageStatus
 from crm.base.extensions import db
 from crm.base.models import Contact, Message, utcnow
 from crm.replies import sessions as ss
-from crm.replies.contact import _HEADS
+from crm.replies.contact import _SERVE
 from crm.replies.delivery import _HEAD
 from crm.replies.intake import _statement
-from crm.replies.turns import _CONTACT, _OUTBOUND_NEW
+from crm.replies.turns import _OUTBOUND_NEW
+from crm.replies.turns import CONTACT as _CONTACT
 
 messages, contacts = Message.__table__, Contact.__table__
 
@@ -48,7 +49,7 @@ def test_rows_are_what_the_session_reads(app):
                                          "last_activity_at": utcnow(), "version": 1})
         _outbound(contact_id)
         db.session.commit()
-        for stmt, params in ((_CONTACT, {"b_contact": contact_id}), (_HEADS, {"b_contact": contact_id}),
+        for stmt, params in ((_CONTACT, {"b_contact": contact_id}), (_SERVE, {"b_contact": contact_id}),
                              (_HEAD, {"b_contact": contact_id, "b_after": 0})):
             hot = list(hot_sql.execute(stmt, params))
             expected = list(db.session.execute(stmt, params))
@@ -153,7 +154,7 @@ def test_a_turns_lookups_use_their_partial_indexes_without_statistics(app):
         if dialect.name == "postgresql":
             cursor.execute("SET plan_cache_mode = force_generic_plan")
         used = set()
-        for stmt, params in ((_HEADS, {"b_contact": 5}), (_HEAD, {"b_contact": 5, "b_after": 0}),
+        for stmt, params in ((_SERVE, {"b_contact": 5}), (_HEAD, {"b_contact": 5, "b_after": 0}),
                              (_OPEN_SESSION, {"b_contact": 5}), (_CONTACT, {"b_contact": 5})):
             state = stmt.compile(dialect=dialect).construct_expanded_state(params)
             if dialect.name == "sqlite":
@@ -192,3 +193,59 @@ def test_an_update_without_explicit_values_writes_the_columns_it_is_given(app):
         db.session.commit()
         row = hot_sql.execute(_CONTACT, {"b_contact": contact_id}).first()
         assert (row.profile_name, row.custom_fields) == ("Bea", {"x": 1})
+
+
+def _other_connection_sees(contact_id: int) -> bool:
+    with db.engine.connect() as other:
+        return other.execute(select(contacts.c.id).where(contacts.c.id == contact_id)).first() is not None
+
+
+def test_a_statement_run_alone_is_committed_and_the_connection_stays_transactional(app):
+    with app.app_context():
+        now = utcnow()
+        stmt = _statement("contact_new")
+        values = {"wa_id": "15550030", "profile_name": None, "user_id": None, "custom_fields": {},
+                  "opted_out": False, "blocked": False, "is_test": False, "first_seen_at": now,
+                  "last_seen_at": now, "last_inbound_at": now}
+        contact_id = hot_sql.execute_alone(stmt, values).scalar_one()
+        assert _other_connection_sees(contact_id)  # committed: on PostgreSQL with no BEGIN sent at all
+        # the next transaction on the same connection is a transaction again: a rollback undoes it
+        second = hot_sql.execute(stmt, {**values, "wa_id": "15550031"}).scalar_one()
+        hot_sql.execute(stmt, {**values, "wa_id": "15550032"})
+        db.session.rollback()
+        assert not _other_connection_sees(second)
+        assert db.session.execute(select(db.func.count()).select_from(contacts)).scalar() == 1
+        db.session.rollback()
+
+
+def test_a_statement_run_alone_that_fails_leaves_the_connection_transactional(app):
+    with app.app_context():
+        contact_id = _contact()
+        db.session.commit()
+        with pytest.raises(IntegrityError):  # no such contact: the foreign key refuses it
+            hot_sql.execute_alone(_OUTBOUND_NEW, {
+                "contact_id": contact_id + 1000, "direction": Direction.OUT, "type": "text", "text": "never",
+                "payload": {}, "phone_number_id": "100", "status": MessageStatus.QUEUED, "origin": "flow",
+                "callback_id": "cb-9", "flow_session_id": None, "attempts": 0, "created_at": utcnow(),
+                "next_attempt_at": None})
+        db.session.rollback()
+        first = _outbound(contact_id)
+        db.session.rollback()  # undone, as in any transaction
+        assert db.session.execute(select(messages.c.id).where(messages.c.id == first)).first() is None
+        if db.engine.dialect.name == "postgresql":
+            assert db.session.connection().connection.dbapi_connection.autocommit is False
+        db.session.rollback()
+
+
+def test_a_statement_run_alone_inside_a_transaction_joins_it(app):
+    """With work already in the transaction, the statement runs in it and both are committed."""
+    with app.app_context():
+        contact_id = _contact()  # not committed yet
+        message_id = hot_sql.execute_alone(_OUTBOUND_NEW, {
+            "contact_id": contact_id, "direction": Direction.OUT, "type": "text", "text": "x", "payload": {},
+            "phone_number_id": "100", "status": MessageStatus.QUEUED, "origin": "flow", "callback_id": "cb-8",
+            "flow_session_id": None, "attempts": 0, "created_at": utcnow(), "next_attempt_at": None}).scalar_one()
+        assert _other_connection_sees(contact_id)
+        db.session.rollback()
+        assert db.session.execute(select(messages.c.id).where(messages.c.id == message_id)).first() is not None
+        db.session.rollback()

@@ -152,3 +152,35 @@ def execute(stmt, params: dict[str, Any] | None = None) -> HotResult:
     if rows and plan.row is not None:
         rows = plan.convert(dialect, description, rows)
     return HotResult(rows, rowcount)
+
+
+_IDLE = 0  # psycopg's pq.TransactionStatus.IDLE: no transaction open on the connection
+
+
+def execute_alone(stmt, params: dict[str, Any] | None = None) -> HotResult:
+    """Run a prebuilt Core statement as a transaction of its own, and commit it.
+
+    On PostgreSQL, when the session's transaction has sent nothing yet, the statement runs in
+    psycopg's autocommit mode: one round trip instead of three, as psycopg sends BEGIN and
+    COMMIT each on its own. The connection leaves autocommit before anything else may use it
+    (or is invalidated, should that fail). Otherwise (SQLite, or a transaction under way) the
+    statement runs in the session's transaction and that is committed.
+    """
+    session = db.session
+    if not (session.new or session.dirty or session.deleted):
+        conn = session.connection()
+        raw = conn.connection.dbapi_connection
+        if conn.dialect.name == "postgresql" and raw.info.transaction_status == _IDLE:
+            raw.autocommit = True
+            try:
+                result = execute(stmt, params)
+            finally:
+                try:
+                    raw.autocommit = False
+                except Exception as exc:  # a broken connection: never hand it out in autocommit
+                    conn.invalidate(exc)
+            session.commit()  # ends the session's transaction; psycopg has nothing left to commit
+            return result
+    result = execute(stmt, params)
+    session.commit()
+    return result

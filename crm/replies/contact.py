@@ -23,20 +23,13 @@ import contextlib
 import logging
 import traceback
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    DateTime,
-    Float,
-    String,
     bindparam,
-    cast,
     func,
-    literal,
-    null,
     select,
-    union_all,
+    true,
 )
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -47,7 +40,7 @@ from crm.base.locks import ContactLock, LockLost
 from crm.base.models import WAITING, Message, utcnow
 from crm.base.outages import is_outage
 from crm.replies.delivery import OutboxPass, backoff, get_client, outbound_values, outbox_head
-from crm.replies.turns import load_contact, process_inbound
+from crm.replies.turns import CONTACT, load_contact, process_inbound
 from crm.replies.wake import finish, wake
 from integrations.whatsapp import messages as wa
 from integrations.whatsapp.simulator import SIMULATOR_CLIENT
@@ -69,37 +62,59 @@ _WAITING = (messages.c.contact_id == bindparam("b_contact"), *WAITING)  # ix_mes
 # The newest waiting message rides along: a burst gets one read receipt, for its last message
 # (Meta marks the earlier ones read with it).
 _NEWEST = select(func.max(messages.c.id)).where(*_WAITING).scalar_subquery()
-_INBOX_HEAD = (select(messages.c.id, cast(null(), DateTime()).label("next_attempt_at"), messages.c.payload,
-                      messages.c.phone_number_id, messages.c.wa_message_id, messages.c.received_at,
-                      _NEWEST.label("newest"))
+_INBOX_COLUMNS = ("id", "payload", "phone_number_id", "wa_message_id", "received_at", "newest")
+_INBOX_HEAD = (select(messages.c.id, messages.c.payload, messages.c.phone_number_id, messages.c.wa_message_id,
+                      messages.c.received_at, _NEWEST.label("newest"))
                .where(*_WAITING).order_by(messages.c.id).limit(1).subquery())
-_OUTBOX_HEAD = outbox_head(messages.c.id, messages.c.next_attempt_at, cast(null(), JSON()).label("payload"),
-                           cast(null(), String()).label("phone_number_id"),
-                           cast(null(), String()).label("wa_message_id"),
-                           cast(null(), Float()).label("received_at"),
-                           cast(null(), BigInteger()).label("newest")).subquery()
-_HEADS = union_all(select(literal("in").label("box"), _INBOX_HEAD),
-                   select(literal("out").label("box"), _OUTBOX_HEAD))
+_OUTBOX_HEAD = outbox_head(messages.c.id, messages.c.next_attempt_at).subquery()
+# The contact with its open session (``turns.load_contact``), its inbox head (in_*) and its
+# outbox head (out_*) in one statement: the reply path's first read of a turn. Each head is
+# the row of a LIMIT 1 subquery joined on true, so the contact's row comes back alone when
+# both boxes are empty. (bench/profile_turn.py: one statement per turn fewer; on PostgreSQL
+# each statement is a round trip and the server's work, README Performance.)
+_SERVE = (CONTACT.add_columns(*(_INBOX_HEAD.c[name].label(f"in_{name}") for name in _INBOX_COLUMNS),
+                               _OUTBOX_HEAD.c.id.label("out_id"),
+                               _OUTBOX_HEAD.c.next_attempt_at.label("out_next_attempt_at"))
+          .outerjoin(_INBOX_HEAD, true()).outerjoin(_OUTBOX_HEAD, true()))
+
+
+class Inbox(NamedTuple):
+    """The oldest unanswered inbound message of a contact, and the id of its newest."""
+
+    id: int
+    payload: dict | None
+    phone_number_id: str | None
+    wa_message_id: str | None
+    received_at: float | None
+    newest: int
+
+
+def _split(row) -> tuple[Inbox | None, datetime | None | bool]:
+    """(inbox head, outbox head) of a row of ``_SERVE`` (None: no contact): the outbox head is
+    False when the outbox is empty, else when it is next due (None: now)."""
+    inbox = None if row is None or row.in_id is None else Inbox(*(getattr(row, f"in_{n}") for n in _INBOX_COLUMNS))
+    outbox = False if row is None or row.out_id is None else row.out_next_attempt_at
+    return inbox, outbox
+
+
+def serve_state(contact_id: int):
+    """(contact, inbox head, outbox head) in one round trip: the contact's row with its open
+    session (None: no such contact), the oldest unanswered inbound message (``Inbox``, None
+    when there is none) and when the oldest unsent outbound row is next due (False: no such
+    row; None: due now)."""
+    row = hot_sql.execute(_SERVE, {"b_contact": contact_id}).first()
+    return (row, *_split(row))
 
 
 def heads(contact_id: int):
-    """(inbox head, outbox head) in one round trip: the oldest unanswered inbound row (id, payload,
-    phone_number_id, wa_message_id, received_at, and the id of the newest waiting one) and the
-    oldest unsent outbound row (id, next_attempt_at), each None when there is none."""
-    inbox = outbox = None
-    for row in hot_sql.execute(_HEADS, {"b_contact": contact_id}):
-        if row.box == "in":
-            inbox = row
-        else:
-            outbox = row
-    return inbox, outbox
+    """(inbox head, outbox head) as ``serve_state`` gives them."""
+    return serve_state(contact_id)[1:]
 
 
 def has_work(contact_id: int) -> bool:
     """Whether a message waits for an answer, or the outbox head may be sent now."""
     inbox, outbox = heads(contact_id)
-    return inbox is not None or (outbox is not None and (
-        outbox.next_attempt_at is None or outbox.next_attempt_at <= utcnow()))
+    return inbox is not None or outbox is None or (outbox is not False and outbox <= utcnow())
 
 
 def _turn_with_retry(inbound, contact, claim_first: bool):
@@ -135,11 +150,10 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> b
     settings = get_settings()
     turns, more = 0, False
     while max_turns is None or turns < max_turns:
-        contact = load_contact(contact_id)
+        contact, inbound, outbox = serve_state(contact_id)
         if contact is None:
             return False
-        inbound, outbox_head = heads(contact_id)
-        outbox_clear = outbox_head is None
+        outbox_clear = outbox is False
         if not outbox_clear:
             outbox_clear = _deliver(contact, lock)[0] is None
         if inbound is None:
@@ -268,9 +282,12 @@ def serve_contact(contact_id: int) -> str:
             if outcome == "failed":  # an outage or a bug of ours: try again soon (recovery also would)
                 with contextlib.suppress(Exception):
                     wake(contact_id, at=utcnow() + RETRY_AFTER_FAILURE)
-    # Look at the inbox again only when something may be waiting: more messages were, or a
-    # wake came while the contact was served (saves a query per turn, bench/profile_turn.py).
-    if (more or rewoken or outcome != "done") and has_work(contact_id):
+    # Back of the ready list when more is waiting: more messages were when the turn began, or
+    # a wake came while the contact was served (a message stored meanwhile, almost always; one
+    # that this turn answered costs the next server an empty look). After a failure or a lost
+    # lock, only when the inbox or the outbox holds something due. (A query per turn fewer
+    # on a conversation's pace, bench/profile_turn.py.)
+    if more or rewoken or (outcome != "done" and has_work(contact_id)):
         wake(contact_id)
         return "requeued"
     return outcome

@@ -234,14 +234,16 @@ class OutboxPass:
                 ms = None
                 if self.replying_to and self.reply_ms is None:  # the first reply to the message
                     self.reply_ms = ms = round((time.time() - self.replying_to) * 1000, 1)
-                hot_sql.execute(_SENT, {"b_id": msg.id, "b_wamid": result.wa_message_id, "b_now": now, "b_ms": ms})
+                sent = {"b_id": msg.id, "b_wamid": result.wa_message_id, "b_now": now, "b_ms": ms}
                 self.sent.append(msg.id)
-                if then is not None:  # rows queued meanwhile by others wait for the next pass
-                    following = then.pop(0) if then else None
+                if then is not None and not then:  # the turn's last message: the UPDATE is all there is to write
+                    hot_sql.execute_alone(_SENT, sent)  # rows queued meanwhile by others wait for the next pass
+                    following = None
                 else:
-                    following = next_pending(self.contact_id, after=msg.id)
-                claimed = self.sendable(following, now)
-                db.session.commit()
+                    hot_sql.execute(_SENT, sent)
+                    following = then.pop(0) if then else next_pending(self.contact_id, after=msg.id)
+                    claimed = self.sendable(following, now)
+                    db.session.commit()
                 metrics.SENDS.labels("sent", "").inc()
                 if following is None:  # ``msg`` was the head: nothing is left
                     return None

@@ -41,7 +41,7 @@ PATH_MAX = 200  # steps kept in a test contact's session state (the simulator's 
 messages, contacts = Message.__table__, Contact.__table__
 # The contact and its open session (s_* columns, NULL when none) in one statement: a turn
 # reads both, and on PostgreSQL each statement is the server's work (README, Performance).
-_CONTACT = (select(contacts.c.id, contacts.c.wa_id, contacts.c.user_id, contacts.c.profile_name,
+CONTACT = (select(contacts.c.id, contacts.c.wa_id, contacts.c.user_id, contacts.c.profile_name,
                    contacts.c.custom_fields, contacts.c.opted_out, contacts.c.blocked, contacts.c.last_inbound_at,
                    contacts.c.is_test,  # the flow simulator's contacts: delivered to a sink, path kept
                    *(ss.sessions.c[name].label(f"s_{name}") for name in ss.SESSION_COLUMNS))
@@ -58,7 +58,7 @@ _AUDIT_NEW = AuditEvent.__table__.insert()
 def load_contact(contact_id: int):
     """The contact's row (None: no such contact), with its open session's columns (s_*:
     ``sessions.session_of_contact``)."""
-    return hot_sql.execute(_CONTACT, {"b_contact": contact_id}).first()
+    return hot_sql.execute(CONTACT, {"b_contact": contact_id}).first()
 
 
 def actions() -> dict:
