@@ -67,6 +67,9 @@ def _ping_if_idle(dbapi_connection, record, _proxy):
             cursor.execute("SELECT 1")
         finally:
             cursor.close()
+        # out of the transaction psycopg opened for the ping: a statement that is a transaction
+        # of its own may then run in autocommit (crm.base.hot_sql.execute_alone)
+        dbapi_connection.rollback()
     except Exception as exc:  # the pool replaces the connection and tries again (three times)
         raise DisconnectionError() from exc
 

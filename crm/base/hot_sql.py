@@ -179,7 +179,10 @@ def execute_alone(stmt, params: dict[str, Any] | None = None) -> HotResult:
                     raw.autocommit = False
                 except Exception as exc:  # a broken connection: never hand it out in autocommit
                     conn.invalidate(exc)
-            session.commit()  # ends the session's transaction; psycopg has nothing left to commit
+            if conn.invalidated:  # the statement was committed; the connection is gone
+                session.rollback()
+            else:
+                session.commit()  # ends the session's transaction; psycopg has nothing left to commit
             return result
     result = execute(stmt, params)
     session.commit()

@@ -284,10 +284,10 @@ def serve_contact(contact_id: int) -> str:
                     wake(contact_id, at=utcnow() + RETRY_AFTER_FAILURE)
     # Back of the ready list when more is waiting: more messages were when the turn began, or
     # a wake came while the contact was served (a message stored meanwhile, almost always; one
-    # that this turn answered costs the next server an empty look). After a failure or a lost
-    # lock, only when the inbox or the outbox holds something due. (A query per turn fewer
-    # on a conversation's pace, bench/profile_turn.py.)
-    if more or rewoken or (outcome != "done" and has_work(contact_id)):
+    # that this turn answered costs the next server an empty look). After a lost lock, only
+    # when the inbox or the outbox holds something due. (A query per turn fewer on a
+    # conversation's pace, bench/profile_turn.py.)
+    if (outcome == "done" and (more or rewoken)) or (outcome != "done" and has_work(contact_id)):
         wake(contact_id)
         return "requeued"
     return outcome

@@ -65,7 +65,7 @@ def _statement(kind: str):
     return _statements[key]
 
 
-# What the one-statement store of a message sets (``contact_message``): the contact's columns
+# What the one-statement store of a message sets (``message_by_phone``): the contact's columns
 # (bound as c_<name>) and the message's.
 _CONTACT_VALUES = ("wa_id", "profile_name", "custom_fields", "opted_out", "blocked", "is_test", "first_seen_at",
                    "last_seen_at", "last_inbound_at")
