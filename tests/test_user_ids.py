@@ -143,6 +143,19 @@ def test_a_user_who_changed_number_stays_the_same_contact_and_gets_no_reply_to_t
         assert notice.processed_at is not None and "changed from" in notice.text
 
 
+def test_a_message_followed_by_a_notice_still_gets_its_read_receipt(uid_app, graph):
+    """The notice is the newest waiting message, but read receipts go to the user's newest."""
+    first = user_message("before", phone="4915100000012", user_id="DE.old2")
+    assert post_webhook(uid_app.test_client(), first).status_code == 200
+    assert post_webhook(uid_app.test_client(), system_message("4915100000012", {
+        "body": "User Bo changed from 4915100000012 to 4915100000013", "type": "user_changed_number",
+        "wa_id": "4915100000013", "user_id": "DE.new2", "previous_user_id": "DE.old2"})).status_code == 200
+    run_worker(uid_app)  # both were waiting when the worker came
+    receipts = [r["body"]["message_id"] for r in graph.requests if r["body"].get("status") == "read"]
+    assert receipts == [first["entry"][0]["changes"][0]["value"]["messages"][0]["id"]]
+    assert sent(graph) == [("4915100000013", None, "echo before")]  # one answer, to the number the user has now
+
+
 def test_a_new_number_another_contact_has_is_not_taken(uid_app, graph, caplog):
     deliver(uid_app, user_message("one", phone="4915100000012", user_id=None))
     deliver(uid_app, user_message("two", phone="4915100000013", user_id=None))

@@ -59,12 +59,14 @@ _SET_ASIDE = (messages.update().where(messages.c.id == bindparam("b_id"), messag
                       error_title=bindparam("b_title"), error_details=bindparam("b_details")))
 
 _WAITING = (messages.c.contact_id == bindparam("b_contact"), *WAITING)  # ix_messages_waiting
-# The newest waiting message rides along: a burst gets one read receipt, for its last message
-# (Meta marks the earlier ones read with it).
+# The newest waiting message rides along (more is waiting unless it is the head), and the
+# newest the user wrote: a burst gets one read receipt, for its last message (Meta marks the
+# earlier ones read with it), even when a notice of WhatsApp's own came after it.
 _NEWEST = select(func.max(messages.c.id)).where(*_WAITING).scalar_subquery()
-_INBOX_COLUMNS = ("id", "payload", "phone_number_id", "wa_message_id", "received_at", "newest")
+_NEWEST_READABLE = select(func.max(messages.c.id)).where(*_WAITING, messages.c.type != "system").scalar_subquery()
+_INBOX_COLUMNS = ("id", "payload", "phone_number_id", "wa_message_id", "received_at", "newest", "readable")
 _INBOX_HEAD = (select(messages.c.id, messages.c.payload, messages.c.phone_number_id, messages.c.wa_message_id,
-                      messages.c.received_at, _NEWEST.label("newest"))
+                      messages.c.received_at, _NEWEST.label("newest"), _NEWEST_READABLE.label("readable"))
                .where(*_WAITING).order_by(messages.c.id).limit(1).subquery())
 _OUTBOX_HEAD = outbox_head(messages.c.id, messages.c.next_attempt_at).subquery()
 # The contact with its open session (``turns.load_contact``), its inbox head (in_*) and its
@@ -79,7 +81,8 @@ _SERVE = (CONTACT.add_columns(*(_INBOX_HEAD.c[name].label(f"in_{name}") for name
 
 
 class Inbox(NamedTuple):
-    """The oldest unanswered inbound message of a contact, and the id of its newest."""
+    """The oldest unanswered inbound message of a contact, the id of its newest, and of its
+    newest from the user (not a ``system`` notice; None when there is none)."""
 
     id: int
     payload: dict | None
@@ -87,6 +90,7 @@ class Inbox(NamedTuple):
     wa_message_id: str | None
     received_at: float | None
     newest: int
+    readable: int | None
 
 
 def _split(row) -> tuple[Inbox | None, datetime | None | bool]:
@@ -181,9 +185,9 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> b
             log.debug("processed message %s", inbound.id, extra={
                 "event": "flow.turn", "contact_id": contact_id, "flow": session.flow if session else None,
                 "step": session.step if session else None, "ms": latency_ms})
-        if (turn is not None and session.status != SessionStatus.HANDOVER and inbound.newest == inbound.id
-                and not contact.is_test  # no read receipts for the flow simulator's contacts
-                and (inbound.payload or {}).get("type") != "system"):  # WhatsApp's notice, not the user's
+        if (turn is not None and session.status != SessionStatus.HANDOVER
+                and inbound.readable == inbound.id  # the user's newest (never a notice of WhatsApp's)
+                and not contact.is_test):  # no read receipts for the flow simulator's contacts
             # Read receipt after the reply: it must never hold the reply back. The typing
             # indicator only makes sense while a reply is still on its way.
             get_client().mark_read(inbound.phone_number_id or settings.whatsapp_phone_number_id,
