@@ -272,3 +272,24 @@ def test_a_statement_run_alone_inside_a_transaction_joins_it(app):
         db.session.rollback()
         assert db.session.execute(select(messages.c.id).where(messages.c.id == message_id)).first() is not None
         db.session.rollback()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # an SQLite file has no connection to lose
+def test_a_statement_run_alone_on_a_dropped_connection_fails_cleanly_and_the_next_one_works(app):
+    import psycopg
+
+    with app.app_context():
+        contact_id = _contact()
+        pid = db.session.execute(select(db.func.pg_backend_pid())).scalar()
+        db.session.commit()
+        url = db.engine.url.render_as_string(hide_password=False).replace("+psycopg", "")
+        with psycopg.connect(url, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(OperationalError) as caught:
+            hot_sql.execute_alone(_CONTACT, {"b_contact": contact_id})
+        assert caught.value.connection_invalidated
+        db.session.rollback()
+        assert hot_sql.execute_alone(_CONTACT, {"b_contact": contact_id}).first().id == contact_id
+        raw = db.session.connection().connection.dbapi_connection
+        assert raw.autocommit is False and raw.info.backend_pid != pid
+        db.session.rollback()

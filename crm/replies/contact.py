@@ -101,23 +101,24 @@ def _split(row) -> tuple[Inbox | None, datetime | None | bool]:
     return inbox, outbox
 
 
-def serve_state(contact_id: int):
+def serve_state(contact_id: int, alone: bool = False):
     """(contact, inbox head, outbox head) in one round trip: the contact's row with its open
     session (None: no such contact), the oldest unanswered inbound message (``Inbox``, None
     when there is none) and when the oldest unsent outbound row is next due (False: no such
-    row; None: due now)."""
-    row = hot_sql.execute(_SERVE, {"b_contact": contact_id}).first()
+    row; None: due now). ``alone``: the read is a transaction of its own (``hot_sql.execute_alone``:
+    committed, on PostgreSQL one round trip); only where the session holds nothing else."""
+    row = (hot_sql.execute_alone if alone else hot_sql.execute)(_SERVE, {"b_contact": contact_id}).first()
     return (row, *_split(row))
 
 
-def heads(contact_id: int):
+def heads(contact_id: int, alone: bool = False):
     """(inbox head, outbox head) as ``serve_state`` gives them."""
-    return serve_state(contact_id)[1:]
+    return serve_state(contact_id, alone)[1:]
 
 
-def has_work(contact_id: int) -> bool:
+def has_work(contact_id: int, alone: bool = False) -> bool:
     """Whether a message waits for an answer, or the outbox head may be sent now."""
-    inbox, outbox = heads(contact_id)
+    inbox, outbox = heads(contact_id, alone)
     return inbox is not None or outbox is None or (outbox is not False and outbox <= utcnow())
 
 
@@ -286,12 +287,11 @@ def serve_contact(contact_id: int) -> str:
             if outcome == "failed":  # an outage or a bug of ours: try again soon (recovery also would)
                 with contextlib.suppress(Exception):
                     wake(contact_id, at=utcnow() + RETRY_AFTER_FAILURE)
-    # Back of the ready list when more is waiting: more messages were when the turn began, or
-    # a wake came while the contact was served (a message stored meanwhile, almost always; one
-    # that this turn answered costs the next server an empty look). After a lost lock, only
-    # when the inbox or the outbox holds something due. (A query per turn fewer on a
-    # conversation's pace, bench/profile_turn.py.)
-    if (outcome == "done" and (more or rewoken)) or (outcome != "done" and has_work(contact_id)):
+    # Back of the ready list when more messages were waiting when the turn began; when a wake
+    # came while the contact was served, or the lock was lost, when the inbox or the outbox
+    # holds something due now (a read of its own: on PostgreSQL one round trip, not BEGIN,
+    # SELECT and ROLLBACK; bench/profile_turn.py).
+    if (outcome == "done" and more) or ((rewoken or outcome != "done") and has_work(contact_id, alone=True)):
         wake(contact_id)
         return "requeued"
     return outcome
