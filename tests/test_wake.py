@@ -173,3 +173,41 @@ def test_result_notices_wake_each_follower_separately(app, graph):
         assert [w.status for w in waiting][:1] == ["queued"] and waiting[0].attempts >= 1  # parked for a retry
         assert db.session.execute(select(func.count()).select_from(Message).where(
             Message.direction == "out", Message.status == "sent")).scalar_one() == n - 1
+
+
+def test_a_wake_during_a_turn_whose_send_waits_for_a_retry_requeues_nothing(app, graph):
+    """The retry is scheduled for its time; a wake that came meanwhile (here, from the contact's
+    own message being stored again) finds nothing due and puts no second serve on the list."""
+    from crm.replies.contact import serve_contact
+
+    import_examples(app)
+    graph.fail_to["506"] = (500, {"error": {"code": 131000, "message": "Something went wrong"}})
+    assert post_webhook(app.test_client(), envelope([message("506", body="hi")])).status_code == 200
+    with app.app_context():
+        redis = app.extensions["redis"]
+        contact_id = int(redis.lpop(keys.READY))  # what a reply worker pops
+        assert wake(contact_id) is False  # a wake while it is queued: its server must look again
+        assert serve_contact(contact_id) == "done"
+        assert redis.llen(keys.READY) == 0  # looked, found the retry not due yet: not requeued
+        assert len(get_queue(keys.HIGH).scheduled_job_registry.get_job_ids()) == 1  # the retry, once
+        outbound = db.session.execute(select(Message.status, Message.attempts).where(
+            Message.contact_id == contact_id, Message.direction == "out")).one()
+        assert outbound.status == "queued" and outbound.attempts == 1
+
+
+def test_a_wake_during_a_settled_turn_requeues_the_contact_without_a_look(app, graph):
+    """A message stored while the contact was served: back of the ready list at once."""
+    from crm.replies.contact import serve_contact
+
+    import_examples(app)
+    assert post_webhook(app.test_client(), envelope([message("507", body="hi")])).status_code == 200
+    with app.app_context():
+        redis = app.extensions["redis"]
+        contact_id = int(redis.lpop(keys.READY))
+        assert wake(contact_id) is False
+        assert serve_contact(contact_id) == "requeued"
+        assert redis.lrange(keys.READY, 0, -1) == [str(contact_id).encode()]
+    run_worker(app)  # the next server finds nothing to answer and leaves it at that
+    assert len(graph.sent) == 1
+    with app.app_context():
+        assert redis.llen(keys.READY) == 0

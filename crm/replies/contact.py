@@ -147,22 +147,27 @@ def _deliver(contact, lock: ContactLock, **kwargs) -> tuple[datetime | None, flo
     return due, outbox.reply_ms
 
 
-def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> bool:
-    """Deliver the outbox, then answer waiting messages (at most ``max_turns``), in order.
+class Drained(NamedTuple):
+    """What ``drain`` left: ``more`` messages were waiting when its last turn began; the outbox
+    was left ``settled`` (nothing in it due later, so no wake for later was scheduled)."""
 
-    Returns whether more messages may be waiting (False: none were when the last turn began;
-    an outbox retry that is due later has been scheduled)."""
+    more: bool
+    settled: bool
+
+
+def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> Drained:
+    """Deliver the outbox, then answer waiting messages (at most ``max_turns``), in order."""
     settings = get_settings()
-    turns, more = 0, False
+    turns, more, settled = 0, False, True
     while max_turns is None or turns < max_turns:
         contact, inbound, outbox = serve_state(contact_id)
         if contact is None:
-            return False
+            return Drained(False, True)
         outbox_clear = outbox is False
         if not outbox_clear:
             outbox_clear = _deliver(contact, lock)[0] is None
         if inbound is None:
-            return False
+            return Drained(False, outbox_clear)
         more = inbound.newest != inbound.id
         try:
             contact, turn, rows, scene = _turn_with_retry(inbound, contact, claim_first=outbox_clear)
@@ -173,12 +178,13 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> b
                 raise  # not the message's fault: recovery wakes the contact when things are back
             db.session.rollback()
             if not _turn_failed(contact, inbound, exc, settings.turn_max_attempts):
-                return False  # retried later, after a backoff
+                return Drained(False, False)  # retried later, after a backoff
             turns += 1
             continue
         # webhook -> first accepted send: recorded on that reply's row (its reply_ms)
         due, latency_ms = _deliver(contact, lock, replying_to=inbound.received_at,
                                    claimed=rows[0] if rows else None, then=rows[1:] if rows else None)
+        settled = due is None
         if latency_ms is not None:
             metrics.REPLY_LATENCY.observe(latency_ms / 1000)
         session = turn.session if turn else None
@@ -196,7 +202,7 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> b
         scene.run_after()
         lock.extend()
         turns += 1
-    return more
+    return Drained(more, settled)
 
 
 def _turn_failed(contact, inbound, exc: Exception, max_attempts: int) -> bool:
@@ -270,9 +276,9 @@ def serve_contact(contact_id: int) -> str:
     if not lock.acquire():
         finish(contact_id, None)  # the holder looks at the inbox when it is done
         return "busy"
-    outcome, more, rewoken = "done", True, True
+    outcome, drained, rewoken = "done", Drained(True, False), True
     try:
-        more = drain(contact_id, lock, max_turns=TURNS_PER_SERVE)
+        drained = drain(contact_id, lock, max_turns=TURNS_PER_SERVE)
     except LockLost as exc:
         log.warning("serving the contact stopped: %s", exc, extra={"event": "flow.lock_lost", "contact_id": contact_id})
         outcome = "lock lost"
@@ -287,11 +293,16 @@ def serve_contact(contact_id: int) -> str:
             if outcome == "failed":  # an outage or a bug of ours: try again soon (recovery also would)
                 with contextlib.suppress(Exception):
                     wake(contact_id, at=utcnow() + RETRY_AFTER_FAILURE)
-    # Back of the ready list when more messages were waiting when the turn began; when a wake
-    # came while the contact was served, or the lock was lost, when the inbox or the outbox
-    # holds something due now (a read of its own: on PostgreSQL one round trip, not BEGIN,
-    # SELECT and ROLLBACK; bench/profile_turn.py).
-    if (outcome == "done" and more) or ((rewoken or outcome != "done") and has_work(contact_id, alone=True)):
+    # Back of the ready list without a look when more messages were waiting as the turn began,
+    # or a wake came during a turn that left the outbox settled (a message stored meanwhile,
+    # almost always; one this turn answered costs the next server an empty look, and schedules
+    # nothing). With a send waiting for its retry, or after a lost lock, only when the inbox or
+    # the outbox holds something due now: a read of its own (on PostgreSQL one round trip, not
+    # BEGIN, SELECT and ROLLBACK). bench/profile_turn.py, bench/cpu_split.sh.
+    if outcome == "done" and (drained.more or (rewoken and drained.settled)):
+        wake(contact_id)
+        return "requeued"
+    if (rewoken or outcome != "done") and has_work(contact_id, alone=True):
         wake(contact_id)
         return "requeued"
     return outcome
