@@ -18,9 +18,11 @@ from crm.base.models import Contact, Message, utcnow
 from crm.replies import sessions as ss
 from crm.replies.contact import _SERVE
 from crm.replies.delivery import _HEAD
-from crm.replies.intake import _statement
+from crm.replies.intake import _statement, store_inbound
 from crm.replies.turns import _OUTBOUND_NEW
 from crm.replies.turns import CONTACT as _CONTACT
+from integrations.whatsapp.inbound import parse_webhook
+from tests.helpers import envelope, message
 
 messages, contacts = Message.__table__, Contact.__table__
 
@@ -292,4 +294,23 @@ def test_a_statement_run_alone_on_a_dropped_connection_fails_cleanly_and_the_nex
         assert hot_sql.execute_alone(_CONTACT, {"b_contact": contact_id}).first().id == contact_id
         raw = db.session.connection().connection.dbapi_connection
         assert raw.autocommit is False and raw.info.backend_pid != pid
+        db.session.rollback()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # SQLite has no round trips
+def test_the_webhooks_store_of_one_message_is_one_round_trip(app):
+    """A one-message delivery is stored by one statement in autocommit (crm.replies.intake):
+    libpq's trace shows one request to the server, and no BEGIN or COMMIT."""
+    with app.app_context():
+        for wa_id in ("15550050", "15550050", "15550051"):  # a new contact, a known one, another new one
+            incoming = parse_webhook(envelope([message(wa_id, body="hi")])).messages
+            with _libpq_trace() as sent:
+                stored = store_inbound(incoming)
+            assert len(stored) == 1 and stored[0].new
+            requests = [line for line in sent().splitlines()
+                        if "\tF\t" in line and ("\tSync" in line or "\tQuery" in line)]
+            assert len(requests) == 1, sent()
+            assert "BEGIN" not in sent() and "COMMIT" not in sent()
+        rows = db.session.execute(select(messages.c.contact_id).order_by(messages.c.id)).scalars().all()
+        assert rows[0] == rows[1] != rows[2]
         db.session.rollback()
