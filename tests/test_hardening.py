@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from crm.base import keys
-from crm.base.extensions import db
+from crm.base.extensions import db, get_queue
 from crm.base.locks import ContactLock, LockLost
 from crm.base.models import Contact, Message, utcnow
 from crm.replies.delivery import OutboxPass, queue_outbound
@@ -84,6 +84,34 @@ def test_a_poison_message_is_set_aside_and_the_contact_moves_on(happ, graph):
     assert client.post(f"/api/messages/{first.id}/retry", headers=AUTH).status_code == 202
     assert client.post("/api/messages/999999/retry", headers=AUTH).status_code == 404
     assert inbound(happ, "7001")[0].status == "received"
+
+
+def test_the_apology_for_a_message_set_aside_goes_out_at_once(make_app, graph):
+    """Set aside on the last attempt: the apology is delivered by the next serve, at once, not
+    by recovery a minute later."""
+    app = make_app(TURN_MAX_ATTEMPTS="1")
+    register_actions(app, {"test.poison": poison_action})
+    import_examples(app, POISON)
+    say(app, "7005", "poison")
+    assert inbound(app, "7005")[0].status == "failed"
+    assert graph.texts("7005") == ["Sorry, something went wrong with your last message. Send 'menu' to start again."]
+
+
+def test_a_wake_during_a_failed_turn_waits_for_the_retry(happ, graph):
+    """A message stored while a turn fails does not cut the backoff short: the retry's job
+    serves the failed message and then the new one, in order."""
+    from crm.replies.contact import serve_contact
+    from crm.replies.wake import wake
+
+    assert post_webhook(happ.test_client(), envelope([message("7006", body="poison")])).status_code == 200
+    with happ.app_context():
+        redis = happ.extensions["redis"]
+        contact_id = int(redis.lpop(keys.READY))
+        assert wake(contact_id) is False  # woken while queued, as a stored message would
+        assert serve_contact(contact_id) == "done"  # attempt 1 failed
+        assert redis.llen(keys.READY) == 0  # not served again before the backoff
+        assert len(get_queue(keys.HIGH).scheduled_job_registry.get_job_ids()) == 1  # the retry
+    assert inbound(happ, "7006")[0].status == "received"
 
 
 def test_recovery_that_fails_does_not_stop_a_later_recovery(happ, graph):

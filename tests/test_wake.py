@@ -176,8 +176,8 @@ def test_result_notices_wake_each_follower_separately(app, graph):
 
 
 def test_a_wake_during_a_turn_whose_send_waits_for_a_retry_requeues_nothing(app, graph):
-    """The retry is scheduled for its time; a wake that came meanwhile (here, from the contact's
-    own message being stored again) finds nothing due and puts no second serve on the list."""
+    """The retry is scheduled for its time; a wake that came while the contact was queued (as
+    a stored message's would) finds nothing due and puts no second serve on the list."""
     from crm.replies.contact import serve_contact
 
     import_examples(app)

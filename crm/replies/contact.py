@@ -148,11 +148,14 @@ def _deliver(contact, lock: ContactLock, **kwargs) -> tuple[datetime | None, flo
 
 
 class Drained(NamedTuple):
-    """What ``drain`` left: ``more`` messages were waiting when its last turn began; the outbox
-    was left ``settled`` (nothing in it due later, so no wake for later was scheduled)."""
+    """What ``drain`` left: ``more`` to do at once (messages were waiting when its last turn
+    began, or a message was set aside: its apology waits in the outbox); the outbox was left
+    ``settled`` (nothing in it due later, so no wake for later was scheduled); a failed turn
+    is ``retrying`` after its backoff (its wake for then is scheduled)."""
 
     more: bool
     settled: bool
+    retrying: bool = False
 
 
 def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> Drained:
@@ -178,7 +181,8 @@ def drain(contact_id: int, lock: ContactLock, max_turns: int | None = None) -> D
                 raise  # not the message's fault: recovery wakes the contact when things are back
             db.session.rollback()
             if not _turn_failed(contact, inbound, exc, settings.turn_max_attempts):
-                return Drained(False, False)  # retried later, after a backoff
+                return Drained(False, False, retrying=True)  # retried later, after a backoff
+            more = True  # set aside: its apology, or the next message, is for the next turn
             turns += 1
             continue
         # webhook -> first accepted send: recorded on that reply's row (its reply_ms)
@@ -299,12 +303,23 @@ def serve_contact(contact_id: int) -> str:
     # nothing). With a send waiting for its retry, or after a lost lock, only when the inbox or
     # the outbox holds something due now: a read of its own (on PostgreSQL one round trip, not
     # BEGIN, SELECT and ROLLBACK). bench/profile_turn.py, bench/cpu_split.sh.
+    # A failed turn waits for its backoff, and what came meanwhile waits behind it: the retry's
+    # job serves them in order.
+    if outcome == "done" and drained.retrying:
+        return outcome
     if outcome == "done" and (drained.more or (rewoken and drained.settled)):
         wake(contact_id)
         return "requeued"
-    if (rewoken or outcome != "done") and has_work(contact_id, alone=True):
-        wake(contact_id)
-        return "requeued"
+    if rewoken or outcome != "done":
+        try:
+            due_now = has_work(contact_id, alone=True)
+        except Exception:  # the database went away: look again soon rather than lose the wake
+            with contextlib.suppress(Exception):
+                wake(contact_id, at=utcnow() + RETRY_AFTER_FAILURE)
+            raise
+        if due_now:
+            wake(contact_id)
+            return "requeued"
     return outcome
 
 
