@@ -111,14 +111,9 @@ def serve_state(contact_id: int, alone: bool = False):
     return (row, *_split(row))
 
 
-def heads(contact_id: int, alone: bool = False):
-    """(inbox head, outbox head) as ``serve_state`` gives them."""
-    return serve_state(contact_id, alone)[1:]
-
-
 def has_work(contact_id: int, alone: bool = False) -> bool:
     """Whether a message waits for an answer, or the outbox head may be sent now."""
-    inbox, outbox = heads(contact_id, alone)
+    _contact, inbox, outbox = serve_state(contact_id, alone)
     return inbox is not None or outbox is None or (outbox is not False and outbox <= utcnow())
 
 
@@ -307,19 +302,17 @@ def serve_contact(contact_id: int) -> str:
     # job serves them in order.
     if outcome == "done" and drained.retrying:
         return outcome
-    if outcome == "done" and (drained.more or (rewoken and drained.settled)):
-        wake(contact_id)
-        return "requeued"
-    if rewoken or outcome != "done":
+    requeue = outcome == "done" and (drained.more or (rewoken and drained.settled))
+    if not requeue and (rewoken or outcome != "done"):
         try:
-            due_now = has_work(contact_id, alone=True)
+            requeue = has_work(contact_id, alone=True)
         except Exception:  # the database went away: look again soon rather than lose the wake
             with contextlib.suppress(Exception):
                 wake(contact_id, at=utcnow() + RETRY_AFTER_FAILURE)
             raise
-        if due_now:
-            wake(contact_id)
-            return "requeued"
+    if requeue:
+        wake(contact_id)
+        return "requeued"
     return outcome
 
 

@@ -46,17 +46,15 @@ def _statement(kind: str):
     key = (kind, db.engine.dialect.name)
     if key not in _statements:
         if kind == "contact":
-            stmt = dialect_insert(_contacts)
-            # a profile name or user id that Meta leaves out keeps the stored one
-            stmt = stmt.on_conflict_do_update(index_elements=[_contacts.c.wa_id], set_={
-                "last_seen_at": stmt.excluded.last_seen_at, "last_inbound_at": _later(stmt.excluded.last_inbound_at),
-                "profile_name": func.coalesce(stmt.excluded.profile_name, _contacts.c.profile_name),
-                "user_id": func.coalesce(stmt.excluded.user_id, _contacts.c.user_id),
-            }).returning(_contacts.c.id)
+            stmt = _upsert_by_phone(dialect_insert(_contacts))
         elif kind == "contact_new":  # a user id not seen before: any conflict means a concurrent insert
             stmt = dialect_insert(_contacts).on_conflict_do_nothing().returning(_contacts.c.id)
-        elif kind in ("message_by_phone", "message_by_user_id"):  # PostgreSQL: the contact and the message
-            stmt = _message_with_contact(_by_phone() if kind == "message_by_phone" else _BY_USER_ID.cte("seen"))
+        elif kind == "message_by_phone":  # PostgreSQL: the contact's upsert and the message, one statement
+            contact = postgresql_insert(_contacts).values(
+                {name: bindparam(f"c_{name}", type_=_contacts.c[name].type) for name in _CONTACT_VALUES})
+            stmt = _message_with_contact(_upsert_by_phone(contact).cte("upserted"))
+        elif kind == "message_by_user_id":  # PostgreSQL: the contact's update and the message, one statement
+            stmt = _message_with_contact(_BY_USER_ID.cte("seen"))
         else:
             stmt = (dialect_insert(_messages)
                     .on_conflict_do_nothing(index_elements=[_messages.c.phone_number_id, _messages.c.wa_message_id])
@@ -66,9 +64,9 @@ def _statement(kind: str):
 
 
 # What the one-statement store of a message sets (``message_by_phone``): the contact's columns
-# (bound as c_<name>) and the message's.
-_CONTACT_VALUES = ("wa_id", "profile_name", "custom_fields", "opted_out", "blocked", "is_test", "first_seen_at",
-                   "last_seen_at", "last_inbound_at")
+# (``_new_contact``, bound as c_<name>) and the message's.
+_CONTACT_VALUES = ("wa_id", "profile_name", "user_id", "custom_fields", "opted_out", "blocked", "is_test",
+                   "first_seen_at", "last_seen_at", "last_inbound_at")
 _MESSAGE_VALUES = ("direction", "type", "text", "payload", "phone_number_id", "wa_message_id", "context_wa_id",
                    "status", "created_at", "wa_timestamp", "received_at", "attempts")
 
@@ -94,15 +92,26 @@ _BY_PHONE = (_contacts.update().where(_contacts.c.wa_id == _b_wa)
              .values(**_SEEN, user_id=bindparam("b_uid")).returning(_contacts.c.id))
 
 
-def _by_phone():
-    """The contact by phone number, created or updated as ``_statement("contact")`` does (its
-    columns bound as c_<name>), as a CTE returning its id."""
-    stmt = postgresql_insert(_contacts).values(
-        {name: bindparam(f"c_{name}", type_=_contacts.c[name].type) for name in _CONTACT_VALUES})
+def _upsert_by_phone(stmt):
+    """``stmt`` (an INSERT into contacts) made an upsert by phone number, RETURNING the id: a
+    profile name or user id that Meta leaves out keeps the stored one."""
     return stmt.on_conflict_do_update(index_elements=[_contacts.c.wa_id], set_={
         "last_seen_at": stmt.excluded.last_seen_at, "last_inbound_at": _later(stmt.excluded.last_inbound_at),
         "profile_name": func.coalesce(stmt.excluded.profile_name, _contacts.c.profile_name),
-    }).returning(_contacts.c.id).cte("upserted")
+        "user_id": func.coalesce(stmt.excluded.user_id, _contacts.c.user_id),
+    }).returning(_contacts.c.id)
+
+
+def _new_contact(wa_id: str | None, profile_name: str | None, user_id: str | None, now, sent_at) -> dict:
+    """A contact's columns (``_CONTACT_VALUES``) as a message of theirs makes them."""
+    return {"wa_id": wa_id, "profile_name": profile_name or None, "user_id": user_id or None,
+            "custom_fields": {}, "opted_out": False, "blocked": False, "is_test": False, "first_seen_at": now,
+            "last_seen_at": now, "last_inbound_at": sent_at}
+
+
+def _seen(user_id: str, wa_id: str | None, profile_name: str | None, now, sent_at) -> dict:
+    """The parameters of ``_BY_USER_ID`` and ``_BY_PHONE``."""
+    return {"b_uid": user_id, "b_wa": wa_id, "b_name": profile_name or None, "b_now": now, "b_sent": sent_at}
 
 
 def _message_with_contact(contact):
@@ -125,12 +134,10 @@ def upsert_contact(wa_id: str | None, profile_name: str | None, user_id: str | N
     (``last_inbound_at``, never moved back); None (WhatsApp's own notice, not the user writing)
     leaves the window as it was.
     """
-    values = {"wa_id": wa_id, "profile_name": profile_name or None, "user_id": user_id or None,
-              "custom_fields": {}, "opted_out": False, "blocked": False, "is_test": False, "first_seen_at": now,
-              "last_seen_at": now, "last_inbound_at": sent_at}
+    values = _new_contact(wa_id, profile_name, user_id, now, sent_at)
     if not user_id:
         return hot_sql.execute(_statement("contact"), values).scalar_one()
-    seen = {"b_uid": user_id, "b_wa": wa_id, "b_name": profile_name or None, "b_now": now, "b_sent": sent_at}
+    seen = _seen(user_id, wa_id, profile_name, now, sent_at)
     for _attempt in range(2):
         contact_id = hot_sql.execute(_BY_USER_ID, seen).scalar()
         if contact_id is None and wa_id:
@@ -227,15 +234,11 @@ def _store_alone(m: InboundMessage, now, received_at: float) -> Stored | None:
         return None
     sent_at = min(m.timestamp or now, now)
     if m.user_id:  # matched user id first (upsert_contact); a new user id takes the general path
-        kind = "message_by_user_id"
-        values = {"b_uid": m.user_id, "b_wa": m.wa_id, "b_name": m.profile_name or None, "b_now": now,
-                  "b_sent": sent_at}
+        kind, values = "message_by_user_id", _seen(m.user_id, m.wa_id, m.profile_name, now, sent_at)
     elif m.wa_id:
         kind = "message_by_phone"
-        values = {f"c_{name}": value for name, value in (
-            ("wa_id", m.wa_id), ("profile_name", m.profile_name or None), ("custom_fields", {}),
-            ("opted_out", False), ("blocked", False), ("is_test", False), ("first_seen_at", now),
-            ("last_seen_at", now), ("last_inbound_at", sent_at))}
+        values = {f"c_{name}": value for name, value in _new_contact(m.wa_id, m.profile_name, None, now,
+                                                                      sent_at).items()}
     else:
         return None
     values.update(_message_values(m, now, received_at))
