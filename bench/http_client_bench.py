@@ -1,5 +1,5 @@
 """CPU per Graph-style POST: a requests.Session (trust_env off), urllib3's pool, and the
-project's own client (``integrations.whatsapp.client``, on urllib3), each to a local
+project's own client (``integrations.whatsapp.client``, on libcurl), each to a local
 keep-alive HTTP server (a thread of this process; its CPU is not counted).
 
     .venv/bin/python bench/http_client_bench.py [calls]

@@ -1,27 +1,31 @@
-"""The Graph API client: one urllib3 connection pool per process.
+"""The Graph API client: libcurl (pycurl), one handle per thread, kept connections.
 
 The client sends one request and classifies the answer. It never retries by
 itself: whether a resend is safe is decided by the delivery code, which knows
 whether Meta may already have accepted the message.
 
-Why urllib3 here and requests elsewhere: every reply makes two Graph calls (the send and
-the read receipt), and requests spends most of its time per call on work this client does
-not need (hooks, cookies, redirect handling, environment merging, response wrapping). Measured
-with ``bench/http_client_bench.py`` (one keep-alive POST to a local server, CPU of the calling
-thread, 2 cores, load average ~3.9 from other work):
+Why libcurl here and requests elsewhere: every reply makes two Graph calls (the send and
+the read receipt), and in Python an HTTP call's own work is most of their cost. Measured with
+``bench/http_client_bench.py`` (one keep-alive POST to a local server, CPU of the calling
+thread, 2 cores, 2026-12-07, three rounds each):
 
-    requests.Session   1327 us CPU per call
-    urllib3 pool        717 us CPU per call     (-1.2 ms CPU per reply)
+    requests.Session      950 us CPU per call
+    urllib3 pool          460 us CPU per call      (this client until 2026-12-07)
+    http.client           275 us CPU per call
+    pycurl (libcurl)      120 us CPU per call      (-0.7 ms CPU per reply against urllib3)
 
-The standard library's http.client under it, with a kept connection per thread, was measured
-too (the same bench, 2026-12-07, three rounds: urllib3 265 us, http.client 186 us per call),
-but the whole stack showed no difference (``bash bench/cpu_split.sh sqlite``, alternated, two
-each: 5.65 and 6.08 ms CPU per reply with urllib3, 5.85 and 7.25 ms with http.client), so the
-library stays.
+libcurl parses the answer's headers in C, where urllib3 and http.client parse them with the
+standard library's email parser. It is the most used HTTP client there is, and pycurl ships
+it in its wheels (with OpenSSL), so nothing is compiled or installed from Debian.
 
-requests is urllib3's own user, so this is the same transport with the same TLS and proxy
-rules kept here: the CA bundle from REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (else certifi's, as
-requests does), and a proxy from the environment unless NO_PROXY excludes the Graph host.
+The same rules as requests keeps: the CA bundle from REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
+(else certifi's), and a proxy from the environment unless NO_PROXY excludes the Graph host
+(read here with the standard library, as requests does, and handed to libcurl, whose own
+reading of the environment differs: it ignores an upper-case HTTP_PROXY). Each thread has
+its own handle (a handle is not to be shared between threads), and a forked child opens its
+own. One difference from urllib3: when a kept connection dies before any byte of the answer
+came back (the server closed it as idle), libcurl sends the request once more on a new
+connection instead of reporting it; a connection it finds closed before it writes is not used.
 """
 
 from __future__ import annotations
@@ -29,19 +33,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
+import pycurl
 
 from integrations.whatsapp import messages as wa
 
@@ -49,7 +47,9 @@ log = logging.getLogger(__name__)
 
 # Meta's throttling / temporary codes (https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes)
 RETRYABLE_CODES = {1, 2, 4, 80007, 130429, 131048, 131056, 133016}
-POOL_SIZE = 16  # connections kept per process (one per thread sending at once)
+# libcurl's errors that mean no connection was made (nothing reached Meta): name or proxy
+# not resolved, refused, unreachable (https://curl.se/libcurl/c/libcurl-errors.html)
+_NOT_CONNECTED = {pycurl.E_COULDNT_RESOLVE_PROXY, pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT}
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def _ca_bundle() -> str | None:
         return bundle
     try:
         import certifi
-    except ImportError:  # the system's store
+    except ImportError:  # libcurl's own default store
         return None
     return certifi.where()
 
@@ -110,56 +110,68 @@ def classify_error(http_status: int, body: Any) -> SendResult:
                       error_details=details, retryable=retryable)
 
 
+def _transport_error(handle, code: int) -> SendResult:
+    """A call that got no answer: whether the request may have reached Meta decides a resend."""
+    if code in _NOT_CONNECTED:
+        return SendResult(ok=False, error_title="connection error", retryable=True)
+    sent = handle.getinfo(pycurl.REQUEST_SIZE) > 0  # bytes of the request written to the server
+    if code == pycurl.E_OPERATION_TIMEDOUT:
+        return SendResult(ok=False, error_title="read timeout" if sent else "connect timeout", retryable=True,
+                          outcome_unknown=sent)
+    # TLS or proxy failures come before the request is written; a broken connection after it
+    return SendResult(ok=False, error_title="connection error", retryable=True, outcome_unknown=sent)
+
+
 class WhatsAppClient:
     def __init__(self, settings):
         self.base = f"{settings.whatsapp_api_url}/{settings.whatsapp_api_version}"
         self.token = settings.whatsapp_access_token
-        self.timeout = urllib3.Timeout(connect=settings.whatsapp_connect_timeout,
-                                       read=settings.whatsapp_read_timeout)
+        self.connect_ms = round(settings.whatsapp_connect_timeout * 1000)
+        # libcurl bounds a whole call, not each read (urllib3's read timeout): a Graph call is
+        # one small request and its answer, so the read timeout bounds the call, and the connect
+        # timeout a new connection within it (a kept one is usually reused)
+        self.total_ms = round(settings.whatsapp_read_timeout * 1000)
         self.default_phone_number_id = settings.whatsapp_phone_number_id
-        self.headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
-                        "Accept": "application/json", "User-Agent": "crm-whatsapp/1"}
-        self._pid: int | None = None
+        self.headers = [f"Authorization: Bearer {self.token}", "Content-Type: application/json",
+                        "Accept: application/json", "User-Agent: crm-whatsapp/1",
+                        "Expect:"]  # libcurl would wait for "100 Continue" before a body over 1 kB
+        self._local = threading.local()
 
-    def _open(self) -> None:
-        """Connections of this process (a forked child opens its own)."""
-        proxy = _proxy_for(self.base)
-        options = {"maxsize": POOL_SIZE, "ca_certs": _ca_bundle(), "cert_reqs": "CERT_REQUIRED"}
-        if proxy:  # rare: every call goes through the manager with the full URL
-            manager = urllib3.ProxyManager(proxy, num_pools=2, **options)
-            self._urlopen, self._prefix = manager.urlopen, self.base
-        else:  # one host: its pool directly, no URL parsing or pool lookup per call
-            parts = urlsplit(self.base)
-            pool = urllib3.PoolManager(num_pools=2, **options).connection_from_url(self.base)
-            self._urlopen, self._prefix = pool.urlopen, parts.path.rstrip("/")
-        self._pid = os.getpid()
+    def _handle(self):
+        """This thread's handle (a forked child makes its own: the parent's connections are not its)."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            handle = pycurl.Curl()
+            handle.setopt(pycurl.NOSIGNAL, 1)  # no SIGALRM for timeouts: other threads, RQ's death penalty
+            handle.setopt(pycurl.CONNECTTIMEOUT_MS, self.connect_ms)
+            handle.setopt(pycurl.TIMEOUT_MS, self.total_ms)
+            handle.setopt(pycurl.HTTPHEADER, self.headers)
+            handle.setopt(pycurl.PROXY, _proxy_for(self.base) or "")  # "": none, whatever the environment says
+            handle.setopt(pycurl.FOLLOWLOCATION, 0)
+            handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+            bundle = _ca_bundle()
+            if bundle:
+                handle.setopt(pycurl.CAINFO, bundle)
+            local.handle, local.pid = handle, os.getpid()
+        return local.handle
 
     def _post(self, phone_number_id: str, body: dict) -> SendResult:
-        if self._pid != os.getpid():
-            self._open()
-        path = f"{self._prefix}/{phone_number_id or self.default_phone_number_id}/messages"
+        handle = self._handle()
+        handle.setopt(pycurl.URL, f"{self.base}/{phone_number_id or self.default_phone_number_id}/messages")
+        handle.setopt(pycurl.POSTFIELDS, json.dumps(body).encode())
         try:
-            response = self._urlopen("POST", path, body=json.dumps(body).encode(), headers=self.headers,
-                                     timeout=self.timeout, retries=False, redirect=False)
-        except ReadTimeoutError:
-            return SendResult(ok=False, error_title="read timeout", retryable=True, outcome_unknown=True)
-        except NewConnectionError:  # refused, unreachable, name not resolved: nothing was sent
-            return SendResult(ok=False, error_title="connection error", retryable=True)
-        except ConnectTimeoutError:
-            return SendResult(ok=False, error_title="connect timeout", retryable=True)
-        except ProtocolError:
-            # The connection broke after the request was (maybe) written: Meta may have it.
-            return SendResult(ok=False, error_title="connection error", retryable=True, outcome_unknown=True)
-        except HTTPError:  # TLS, proxy: before the request reached Meta
-            return SendResult(ok=False, error_title="connection error", retryable=True)
+            answer = handle.perform_rb()
+        except pycurl.error as exc:
+            return _transport_error(handle, exc.args[0])
+        status = handle.getinfo(pycurl.RESPONSE_CODE)
         try:
-            data = json.loads(response.data)
+            data = json.loads(answer)
         except ValueError:
             data = None
-        if response.status == 200:
+        if status == 200:
             messages = (data or {}).get("messages") or [{}]
             return SendResult(ok=True, http_status=200, wa_message_id=messages[0].get("id"))
-        return classify_error(response.status, data)
+        return classify_error(status, data)
 
     def send(self, phone_number_id: str, to: str | None, message: dict,
              callback_id: str | None = None, user_id: str | None = None) -> SendResult:
