@@ -159,3 +159,53 @@ def test_the_apps_sqlite_engine_writes_through_the_gate(tmp_path, redis_url):
         db.session.commit()
         assert not gate_taken(str(path))
         db.engine.dispose()
+
+
+def test_a_thread_queued_behind_another_of_its_process_gives_up_after_the_timeout(database, monkeypatch, caplog):
+    """Threads of one process wait for the gate in line (one polls the file, the others sleep);
+    the line's wait is bounded too: past it the writer goes on without the gate and meets
+    SQLite's own lock and busy timeout, as without the gate."""
+    monkeypatch.setattr("crm.base.sqlite_writers.GATE_WAIT_S", 0.2)
+    first, second = connect(database), connect(database, busy_ms=50)
+    first.execute("INSERT INTO t VALUES (1)")
+    failure: list[Exception] = []
+
+    def write():
+        try:
+            second.execute("INSERT INTO t VALUES (2)")
+        except sqlite3.OperationalError as exc:
+            failure.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(5)
+    assert not writer.is_alive() and "locked" in str(failure[0])
+    assert any(getattr(r, "event", None) == "db.writer_gate_timeout" for r in caplog.records)
+    second.rollback()
+    first.commit()
+    assert not gate_taken(database)
+    second.execute("INSERT INTO t VALUES (3)")  # the line is free again
+    second.commit()
+    assert not gate_taken(database)
+
+
+def test_threads_of_a_process_pass_the_gate_one_after_another(database):
+    """Many threads of one process writing at once: each waits its turn and all get through."""
+    done: list[int] = []
+
+    def write(n: int) -> None:
+        conn = connect(database)
+        for i in range(20):
+            conn.execute("INSERT INTO t VALUES (?)", (n * 100 + i,))
+            conn.commit()
+        done.append(n)
+        conn.close()
+
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(6)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(30)
+    assert sorted(done) == list(range(6))
+    assert connect(database).execute("SELECT count(*) FROM t").fetchone()[0] == 120
+    assert not gate_taken(database)
