@@ -64,7 +64,6 @@ def test_status_rank_orders_the_outbound_lifecycle():
 
 
 KEY_FAMILIES = {
-    "seen": lambda i: keys.seen(str(i), str(i)),
     "queued": keys.queued,
     "rewake": keys.rewake,
     "contact_lock": keys.contact_lock,
@@ -106,7 +105,7 @@ def test_different_ids_get_different_keys(family):
     assert len({make(i) for i in (1, 11, 111, 2)}) == 4
 
 
-TTLS = ["RESULT_TTL", "FAILURE_TTL", "CONTACT_JOB_TIMEOUT", "SEEN_TTL", "QUEUED_TTL", "LOCK_TTL_MS",
+TTLS = ["RESULT_TTL", "FAILURE_TTL", "CONTACT_JOB_TIMEOUT", "QUEUED_TTL", "LOCK_TTL_MS",
         "OPERATOR_LOCK_TTL_MS", "SYNC_LOCK_TTL", "APOLOGY_TTL", "TURN_FAILURES_TTL", "OPERATOR_SESSION_TTL",
         "LOGIN_FAILURES_MAX", "LOGIN_LOCKOUT_TTL"]
 
@@ -128,7 +127,6 @@ def test_every_queue_has_a_timeout(queue):
     pytest.param(keys.LOCK_TTL_MS, keys.OPERATOR_LOCK_TTL_MS, id="the task lock outlives an operator's hold"),
     pytest.param(keys.SYNC_LOCK_TTL, keys.QUEUE_TIMEOUT[keys.LOW], id="a sync lock outlives its job timeout"),
     pytest.param(keys.QUEUE_TIMEOUT[keys.HIGH], keys.CONTACT_JOB_TIMEOUT, id="the contact task fits its queue"),
-    pytest.param(keys.SEEN_TTL, 7 * 24 * 3600, id="a seen message id outlasts Meta's seven days of re-deliveries"),
 ])
 def test_ttls_that_must_outlive_others(longer, shorter):
     assert longer >= shorter

@@ -76,6 +76,37 @@ def test_a_wake_while_the_contact_is_queued_or_served_makes_its_server_look_agai
         assert finish(5, other.token) is True and redis.get(keys.contact_lock(5)) is None
 
 
+def test_a_served_contact_goes_back_on_the_ready_list_in_the_round_trip_that_frees_it(app):
+    """``finish`` with ``ALWAYS`` or ``IF_WOKEN``: back of the ready list, its marker kept (a
+    wake meanwhile pushes no second entry), the lock freed, in one script."""
+    from crm.base.locks import ContactLock
+    from crm.replies.wake import ALWAYS, IF_WOKEN
+
+    with app.app_context():
+        redis = app.extensions["redis"]
+
+        def served(contact_id: int) -> ContactLock:
+            assert wake(contact_id)
+            assert redis.lpop(keys.READY) == str(contact_id).encode()
+            lock = ContactLock(redis, contact_id)
+            assert lock.acquire()
+            return lock
+
+        lock = served(6)
+        assert finish(6, lock.token, IF_WOKEN) is False  # nobody wrote meanwhile: freed, not queued
+        assert redis.lrange(keys.READY, 0, -1) == [] and redis.get(keys.queued(6)) is None
+        lock = served(6)
+        assert wake(6) is False  # a message stored during the turn
+        assert finish(6, lock.token, IF_WOKEN) is True
+        assert redis.lrange(keys.READY, 0, -1) == [b"6"] and redis.get(keys.queued(6)) is not None
+        assert redis.get(keys.contact_lock(6)) is None and redis.get(keys.rewake(6)) is None
+        assert wake(6) is False and redis.lrange(keys.READY, 0, -1) == [b"6"]  # queued once
+        redis.delete(keys.READY, keys.queued(6), keys.rewake(6))
+        lock = served(7)
+        assert finish(7, lock.token, ALWAYS) is False  # more was waiting: queued whatever came
+        assert redis.lrange(keys.READY, 0, -1) == [b"7"] and redis.get(keys.queued(7)) is not None
+
+
 def test_a_wake_at_a_later_time_is_an_rq_job_for_then(app):
     with app.app_context():
         redis = app.extensions["redis"]

@@ -17,7 +17,6 @@ RESULT_TTL = 300  # finished job results, seconds (never read back; RQ deletes t
 FAILURE_TTL = 7 * 24 * 3600  # failed jobs stay a week for inspection in /rq
 CONTACT_JOB_TIMEOUT = 120  # serving one contact (a ready-list turn or a due retry job), seconds
 
-SEEN_TTL = 7 * 24 * 3600  # a webhook message id already stored: later copies skip the database
 QUEUED_TTL = 60  # a contact is on the ready list or being served (covers a crash after the pop)
 # Contacts with work waiting, in the order they were woken (a list of contact ids): the reply
 # workers pop it together with RQ's queues (crm.app.worker), one contact turn at a time.
@@ -27,10 +26,6 @@ OPERATOR_LOCK_TTL_MS = 30_000  # the contact lock held by an operator action
 SYNC_LOCK_TTL = 1800  # a football sync of one kind, seconds (longer than its job timeout)
 APOLOGY_TTL = 3600  # at most one "sorry, something went wrong" per contact per hour
 TURN_FAILURES_TTL = 24 * 3600  # failed attempts at one inbound message
-
-
-def seen(phone_number_id: str, wa_message_id: str) -> str:
-    return f"{PREFIX}seen:{phone_number_id}:{wa_message_id}"
 
 
 def queued(contact_id: int) -> str:

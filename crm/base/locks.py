@@ -17,6 +17,7 @@ import uuid
 from redis import Redis
 
 from crm.base import keys
+from crm.base.extensions import redis_script
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _EXTEND = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -32,8 +33,8 @@ class TokenLock:
         self.redis, self.key, self.ttl_ms = redis, key, ttl_ms
         self.token = uuid.uuid4().hex
         self.extended_at = time.monotonic()
-        self._release = redis.register_script(_RELEASE)
-        self._extend = redis.register_script(_EXTEND)
+        self._release = redis_script(redis, _RELEASE)
+        self._extend = redis_script(redis, _EXTEND)
 
     def acquire(self) -> bool:
         got = bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))

@@ -41,7 +41,7 @@ from crm.base.models import WAITING, Message, utcnow
 from crm.base.outages import is_outage
 from crm.replies.delivery import OutboxPass, backoff, get_client, outbound_values, outbox_head
 from crm.replies.turns import CONTACT, load_contact, process_inbound
-from crm.replies.wake import finish, wake
+from crm.replies.wake import ALWAYS, IF_WOKEN, NEVER, finish, wake
 from integrations.whatsapp import messages as wa
 from integrations.whatsapp.simulator import SIMULATOR_CLIENT
 
@@ -275,9 +275,17 @@ def serve_contact(contact_id: int) -> str:
     if not lock.acquire():
         finish(contact_id, None)  # the holder looks at the inbox when it is done
         return "busy"
-    outcome, drained, rewoken = "done", Drained(True, False), True
+    outcome, drained, rewoken, requeue = "done", Drained(True, False), True, NEVER
     try:
         drained = drain(contact_id, lock, max_turns=TURNS_PER_SERVE)
+        # Back of the ready list without a look when more messages were waiting as the turn
+        # began, or a wake came during a turn that left the outbox settled (a message stored
+        # meanwhile, almost always; one this turn answered costs the next server an empty look,
+        # and schedules nothing): in the round trip that frees the contact. A failed turn waits
+        # for its backoff, and what came meanwhile waits behind it: the retry's job serves them in
+        # order. bench/profile_turn.py, bench/cpu_split.sh.
+        if not drained.retrying:
+            requeue = ALWAYS if drained.more else IF_WOKEN if drained.settled else NEVER
     except LockLost as exc:
         log.warning("serving the contact stopped: %s", exc, extra={"event": "flow.lock_lost", "contact_id": contact_id})
         outcome = "lock lost"
@@ -288,31 +296,27 @@ def serve_contact(contact_id: int) -> str:
         try:
             db.session.rollback()
         finally:  # even with the database away: free the contact at once (else the TTLs do)
-            rewoken = finish(contact_id, lock.token)
+            rewoken = finish(contact_id, lock.token, requeue)
             if outcome == "failed":  # an outage or a bug of ours: try again soon (recovery also would)
                 with contextlib.suppress(Exception):
                     wake(contact_id, at=utcnow() + RETRY_AFTER_FAILURE)
-    # Back of the ready list without a look when more messages were waiting as the turn began,
-    # or a wake came during a turn that left the outbox settled (a message stored meanwhile,
-    # almost always; one this turn answered costs the next server an empty look, and schedules
-    # nothing). With a send waiting for its retry, or after a lost lock, only when the inbox or
-    # the outbox holds something due now: a read of its own (on PostgreSQL one round trip, not
-    # BEGIN, SELECT and ROLLBACK). bench/profile_turn.py, bench/cpu_split.sh.
-    # A failed turn waits for its backoff, and what came meanwhile waits behind it: the retry's
-    # job serves them in order.
+    if requeue == ALWAYS or (requeue == IF_WOKEN and rewoken):
+        return "requeued"
     if outcome == "done" and drained.retrying:
         return outcome
-    requeue = outcome == "done" and (drained.more or (rewoken and drained.settled))
-    if not requeue and (rewoken or outcome != "done"):
+    # With a send waiting for its retry, or after a lost lock, a wake meanwhile requeues only
+    # when the inbox or the outbox holds something due now: a read of its own (on PostgreSQL one
+    # round trip, not BEGIN, SELECT and ROLLBACK).
+    if rewoken or outcome != "done":
         try:
-            requeue = has_work(contact_id, alone=True)
+            requeue_now = has_work(contact_id, alone=True)
         except Exception:  # the database went away: look again soon rather than lose the wake
             with contextlib.suppress(Exception):
                 wake(contact_id, at=utcnow() + RETRY_AFTER_FAILURE)
             raise
-    if requeue:
-        wake(contact_id)
-        return "requeued"
+        if requeue_now:
+            wake(contact_id)
+            return "requeued"
     return outcome
 
 

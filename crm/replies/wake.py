@@ -28,38 +28,36 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from crm.base import keys
-from crm.base.extensions import get_queue, get_redis
+from crm.base.extensions import get_queue, get_redis, redis_script
 from crm.base.models import utcnow
 
 CONTACT_TASK = "crm.replies.contact.run_contact"
 CHUNK = 500  # contacts per Redis round trip in wake_many
 
 
-# KEYS[1] the ready list, then per contact its queued marker and its rewake flag, then the keys
-# to mark; ARGV[1] the TTL of marker and flag, ARGV[2] the number of contacts n, ARGV[3] the
-# marks' TTL, ARGV[4..] the contact ids -> the ids pushed (those whose marker was not set yet).
-# A contact already queued or being served gets the rewake flag instead: its server looks again.
+# KEYS[1] the ready list, then per contact its queued marker and its rewake flag; ARGV[1] the
+# TTL of marker and flag, ARGV[2..] the contact ids -> the ids pushed (those whose marker was
+# not set yet). A contact already queued or being served gets the rewake flag instead: its
+# server looks again.
 _WAKE = """
-local n = tonumber(ARGV[2])
 local pushed = {}
-for j = 1, n do
-  local id = ARGV[3 + j]
-  if redis.call('SET', KEYS[2 * j], 1, 'NX', 'EX', ARGV[1]) then
+for j = 2, #ARGV do
+  local id = ARGV[j]
+  if redis.call('SET', KEYS[2 * j - 2], 1, 'NX', 'EX', ARGV[1]) then
     redis.call('RPUSH', KEYS[1], id)
     pushed[#pushed + 1] = id
   else
-    redis.call('SET', KEYS[2 * j + 1], 1, 'EX', ARGV[1])
+    redis.call('SET', KEYS[2 * j - 1], 1, 'EX', ARGV[1])
   end
-end
-for i = 2 * n + 2, #KEYS do
-  redis.call('SET', KEYS[i], 1, 'EX', ARGV[3])
 end
 return pushed
 """
 
-# KEYS[1] the contact's lock, KEYS[2] its queued marker, KEYS[3] its rewake flag; ARGV[1] the
-# lock's token ('' when the lock was not ours: the contact was busy), ARGV[2] the flag's TTL
-# -> 1 when the contact was woken while it was queued or served (look at its inbox again)
+# KEYS[1] the contact's lock, KEYS[2] its queued marker, KEYS[3] its rewake flag, KEYS[4] the
+# ready list; ARGV[1] the lock's token ('' when the lock was not ours: the contact was busy),
+# ARGV[2] the marker's and the flag's TTL, ARGV[3] whether the contact goes back on the ready
+# list ('always', 'if woken', 'never'), ARGV[4] its id -> 1 when the contact was woken while it
+# was queued or served (look at its inbox again), else 0.
 _FINISH = """
 if ARGV[1] == '' then
   redis.call('DEL', KEYS[2])
@@ -67,26 +65,37 @@ if ARGV[1] == '' then
   return 0
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-redis.call('DEL', KEYS[2])
-return redis.call('DEL', KEYS[3])
+local woken = redis.call('DEL', KEYS[3])
+if ARGV[3] == 'always' or (ARGV[3] == 'if woken' and woken == 1) then
+  redis.call('SET', KEYS[2], 1, 'EX', ARGV[2])
+  redis.call('RPUSH', KEYS[4], ARGV[4])
+else
+  redis.call('DEL', KEYS[2])
+end
+return woken
 """
+ALWAYS, IF_WOKEN, NEVER = "always", "if woken", "never"
 
 
-def _push(redis, contact_ids: list[int], marks: list[str] = (), marks_ttl: int = 0) -> list[int]:
-    script = redis.register_script(_WAKE)  # EVALSHA; the script is loaded when Redis lacks it
+def _push(redis, contact_ids: list[int]) -> list[int]:
+    script = redis_script(redis, _WAKE)  # EVALSHA; the script is loaded when Redis lacks it
     contact_keys = [k for c in contact_ids for k in (keys.queued(c), keys.rewake(c))]
-    pushed = script(keys=[keys.READY, *contact_keys, *marks],
-                    args=[keys.QUEUED_TTL, len(contact_ids), marks_ttl, *contact_ids])
+    pushed = script(keys=[keys.READY, *contact_keys], args=[keys.QUEUED_TTL, *contact_ids])
     return [int(c) for c in pushed]
 
 
-def finish(contact_id: int, lock_token: str | None) -> bool:
+def finish(contact_id: int, lock_token: str | None, requeue: str = NEVER) -> bool:
     """The contact has been served (``lock_token``: the lock it was served under) or found busy
     (None: the lock holder must look again). Releases the lock if still ours and the queued
-    marker, in one round trip; True when a wake came meanwhile, so the inbox must be looked at."""
-    script = get_redis().register_script(_FINISH)
-    return bool(script(keys=[keys.contact_lock(contact_id), keys.queued(contact_id), keys.rewake(contact_id)],
-                       args=[lock_token or "", keys.QUEUED_TTL]))
+    marker, in one round trip; True when a wake came meanwhile, so the inbox must be looked at.
+
+    ``requeue``: the served contact goes straight to the back of the ready list, its marker kept,
+    ``ALWAYS`` or only ``IF_WOKEN``, in the same round trip (a separate ``wake`` was one more:
+    bench/profile_turn.py --show-redis).
+    """
+    script = redis_script(get_redis(), _FINISH)
+    return bool(script(keys=[keys.contact_lock(contact_id), keys.queued(contact_id), keys.rewake(contact_id),
+                             keys.READY], args=[lock_token or "", keys.QUEUED_TTL, requeue, contact_id]))
 
 
 def wake(contact_id: int, at: datetime | None = None) -> bool:
@@ -103,19 +112,17 @@ def wake(contact_id: int, at: datetime | None = None) -> bool:
     return bool(_push(get_redis(), [contact_id]))
 
 
-def wake_many(contact_ids: Iterable[int], marks: Iterable[str] = (), marks_ttl: int = 0) -> list[int]:
+def wake_many(contact_ids: Iterable[int]) -> list[int]:
     """Wake many contacts, ``CHUNK`` per round trip; returns the ones really pushed.
 
     Each is its own entry, served in turn with its own messages and retried on its own: one
-    contact's failure never holds the others back. ``marks``: keys set to 1 for ``marks_ttl``
-    seconds in the same round trip (the webhook's seen markers: bench/profile_turn.py, one
-    Redis round trip fewer per webhook).
+    contact's failure never holds the others back.
     """
-    ids, marks = list(dict.fromkeys(contact_ids)), list(marks)
+    ids = list(dict.fromkeys(contact_ids))
     redis = get_redis()
     woken: list[int] = []
-    for i in range(0, max(len(ids), len(marks)), CHUNK):
-        woken += _push(redis, ids[i:i + CHUNK], marks[i:i + CHUNK], marks_ttl)
+    for i in range(0, len(ids), CHUNK):
+        woken += _push(redis, ids[i:i + CHUNK])
     return woken
 
 
