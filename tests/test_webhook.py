@@ -46,6 +46,30 @@ def test_no_secret_refuses_with_503(make_app, graph, caplog):
     assert any("WHATSAPP_APP_SECRET" in r.getMessage() for r in caplog.records)
 
 
+def test_deliveries_are_answered_before_flask_and_everything_else_after(app):
+    """POST /webhooks/whatsapp: JSON answers with the request id, counted by outcome; the
+    handshake, other methods and other paths are Flask's as before."""
+    from prometheus_client import REGISTRY
+
+    def counted(outcome: str) -> float:
+        return REGISTRY.get_sample_value("crm_webhook_requests_total", {"outcome": outcome}) or 0.0
+
+    client = app.test_client()
+    ok_before, bad_before = counted("ok"), counted("bad_signature")
+    ok = post_webhook(client, envelope([message("26377001000", body="hi")]))
+    assert ok.status_code == 200 and ok.get_json() == {"status": "ok"}
+    assert len(ok.headers["X-Request-ID"]) == 32
+    refused = client.post("/webhooks/whatsapp", data=b"{}", headers={"X-Request-ID": "abc-1"})
+    assert refused.status_code == 401 and refused.get_json() == {"error": "invalid signature"}
+    assert refused.headers["X-Request-ID"] == "abc-1" and refused.mimetype == "application/json"
+    assert (counted("ok") - ok_before, counted("bad_signature") - bad_before) == (1, 1)
+    assert client.put("/webhooks/whatsapp", data=b"{}").status_code == 405
+    assert post_webhook(client, None, raw=b"{}").status_code == 200
+    assert client.post("/webhooks/whatsapp/", data=b"{}").status_code in (404, 405)
+    with app.app_context():
+        assert count(Message) == 1
+
+
 def test_too_large_and_not_json(app):
     from crm.app.webhook import MAX_BODY
 

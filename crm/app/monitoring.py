@@ -156,9 +156,13 @@ class DashboardTemplates(BaseLoader):
         return escape_client_templates(source), filename, uptodate
 
 
+def request_id(incoming: str) -> str:
+    """The caller's X-Request-ID when it is a plain one (letters, digits, dashes; first 64), else a new id."""
+    return incoming[:64] if incoming.replace("-", "").isalnum() else uuid.uuid4().hex
+
+
 def assign_request_id():
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming[:64] if incoming.replace("-", "").isalnum() else uuid.uuid4().hex
+    g.request_id = request_id(request.headers.get("X-Request-ID", ""))
 
 
 def echo_request_id(response):

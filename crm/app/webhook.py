@@ -1,5 +1,13 @@
 """``GET|POST /webhooks/whatsapp``: Meta's verification handshake and event intake.
 
+The handshake is a Flask view. The POST, which every message makes, is answered by
+``DeliveryIntake``, a WSGI middleware in front of Flask's request handling (the way Flask's
+documentation adds middleware: ``app.wsgi_app = ...``): in an application context, with the
+request id and the metrics Flask's hooks give other requests, but without building a request
+and a response object and running every blueprint's hooks. Measured on this machine: a POST
+through this app's Flask stack cost 255 us of CPU before its view ran (155 us of it Flask's
+own), an application context 16 us.
+
 POST order: signature on the raw body, then JSON, then shape. Only a failure to
 *store* an event answers 5xx (Meta re-delivers it); anything we can read but do
 not understand answers 200 with a warning in the log. Every input costs bounded
@@ -18,9 +26,11 @@ import logging
 import math
 import time
 
-from flask import Blueprint, abort, current_app, request
+from flask import Blueprint, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
 
+from crm.app.monitoring import request_id
 from crm.base import metrics
 from crm.base.extensions import get_settings
 from crm.base.outages import OutageLog, dependency, is_bad_data, is_outage
@@ -29,6 +39,7 @@ from integrations.whatsapp.inbound import InboundMessage, parse_webhook
 
 log = logging.getLogger(__name__)
 bp = Blueprint("whatsapp_webhook", __name__)
+PATH = "/webhooks/whatsapp"
 OUTAGES = OutageLog(log)
 
 # Meta's webhook deliveries are at most 3 MB ("payloads can be up to 3MB", WhatsApp Cloud API
@@ -85,7 +96,7 @@ def nesting_exceeds(value, limit: int) -> bool:
     return False
 
 
-@bp.get("/webhooks/whatsapp")
+@bp.get(PATH)
 def verify():
     """Meta's subscription handshake: echo hub.challenge when hub.verify_token is ours."""
     settings = get_settings()
@@ -102,39 +113,61 @@ def verify():
     return f"webhook verification refused: {reason}\n", 403, {"Content-Type": "text/plain"}
 
 
-OUTCOMES = {200: "ok", 400: "malformed", 401: "bad_signature", 413: "too_large", 503: "unavailable"}
+OUTCOMES = {200: "ok", 400: "malformed", 401: "bad_signature", 413: "too_large", 500: "error", 503: "unavailable"}
+_STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED", 413: "413 REQUEST ENTITY TOO LARGE",
+                 500: "500 INTERNAL SERVER ERROR", 503: "503 SERVICE UNAVAILABLE"}
 
 
-@bp.after_request
-def count_request(response):
-    if request.method == "POST":
-        metrics.WEBHOOK_REQUESTS.labels(OUTCOMES.get(response.status_code, str(response.status_code))).inc()
-    return response
+def _error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode() + b"\n"
 
 
-@bp.post("/webhooks/whatsapp")
-def receive():
+class DeliveryIntake:
+    """WSGI middleware: ``POST /webhooks/whatsapp`` answered by ``receive``; anything else goes
+    on to ``next_app`` (Flask's request handling)."""
+
+    def __init__(self, app, next_app):
+        self.app, self.next_app = app, next_app
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
+            return self.next_app(environ, start_response)
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID", ""))
+        with self.app.app_context():
+            g.request_id = rid  # on every log line of this delivery (crm.base.logs)
+            try:
+                status, body = receive(environ)
+            except Exception:  # a bug of ours: Meta re-delivers, the log says why
+                log.exception("webhook delivery failed", extra={"event": "webhook.error"})
+                status, body = 500, _error("internal error")
+            metrics.WEBHOOK_REQUESTS.labels(OUTCOMES[status]).inc()
+        start_response(_STATUS_LINES[status], [("Content-Type", "application/json"),
+                                               ("Content-Length", str(len(body))), ("X-Request-ID", rid)])
+        return [body]
+
+
+def receive(environ) -> tuple[int, bytes]:
+    """One delivery from Meta: (HTTP status, body) after checking, parsing and storing it."""
     received_at = time.time()
     settings = get_settings()
     if not settings.whatsapp_app_secret:
         log.error("webhook POST refused: set WHATSAPP_APP_SECRET to accept Meta's webhooks",
                   extra={"event": "webhook.no_secret"})
-        return {"error": "webhook secret not configured"}, 503
+        return 503, _error("webhook secret not configured")
     # Werkzeug refuses a larger Content-Length at once and reads a chunked body only up to the
     # limit (a cut body then fails the signature): the body is never longer than MAX_BODY.
-    request.max_content_length = MAX_BODY  # above the app's limit for forms and uploads
     try:
-        body = request.get_data(cache=False)
+        body = get_input_stream(environ, max_content_length=MAX_BODY).read()
     except RequestEntityTooLarge:
-        return {"error": "payload too large"}, 413
-    if not valid_signature(settings.whatsapp_app_secret, body, request.headers.get("X-Hub-Signature-256")):
+        return 413, _error("payload too large")
+    if not valid_signature(settings.whatsapp_app_secret, body, environ.get("HTTP_X_HUB_SIGNATURE_256")):
         log.warning("webhook signature missing or wrong", extra={"event": "webhook.bad_signature"})
-        return {"error": "invalid signature"}, 401
+        return 401, _error("invalid signature")
     try:
         payload = parse_json(body)
     except ValueError as exc:  # UnicodeDecodeError is a ValueError
         log.warning("webhook body is not JSON: %s", str(exc)[:200], extra={"event": "webhook.bad_json"})
-        return {"error": "body is not JSON"}, 400
+        return 400, _error("body is not JSON")
 
     parsed = parse_webhook(payload)
     for warning in parsed.warnings:
@@ -159,12 +192,12 @@ def receive():
             OUTAGES.down(dependency(exc), exc)
         else:
             log.exception("webhook event could not be stored", extra={"event": "webhook.store_failed"})
-        abort(503)
+        return 503, _error("unavailable")
     OUTAGES.up("database")
     OUTAGES.up("redis")
     metrics.webhook_processed(len(parsed.messages), sum(1 for s in stored if s.new),
                               len(parsed.statuses), len(parsed.templates))
-    return current_app.response_class(OK_BODY, 200, mimetype="application/json")
+    return 200, OK_BODY
 
 
 def store_one_by_one(messages: list[InboundMessage], received_at: float) -> list:
@@ -192,4 +225,5 @@ def placeholder(m: InboundMessage, exc: Exception) -> InboundMessage:
 
 
 def init_app(app) -> None:
-    app.register_blueprint(bp)
+    app.register_blueprint(bp)  # GET: the handshake
+    app.wsgi_app = DeliveryIntake(app, app.wsgi_app)  # POST: deliveries

@@ -8,7 +8,7 @@ import re
 import sys
 import time
 
-from flask import g, has_request_context
+from flask import g, has_app_context
 from rq import get_current_job
 
 _SECRETS: set[str] = set()
@@ -43,7 +43,7 @@ def _context(record: logging.LogRecord) -> None:
     Stored under private names: callers (RQ among them) pass ``job_id`` in ``extra``, and
     logging refuses to overwrite an attribute the record already has.
     """
-    record._crm_request_id = g.get("request_id") if has_request_context() else None
+    record._crm_request_id = g.get("request_id") if has_app_context() else None
     job = get_current_job()
     record._crm_job_id = job.id if job is not None else None
 
