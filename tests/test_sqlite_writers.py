@@ -209,3 +209,40 @@ def test_threads_of_a_process_pass_the_gate_one_after_another(database):
     assert sorted(done) == list(range(6))
     assert connect(database).execute("SELECT count(*) FROM t").fetchone()[0] == 120
     assert not gate_taken(database)
+
+
+def test_a_writer_interrupted_while_waiting_leaves_the_line_free(database):
+    """RQ's death penalty (SIGALRM) may interrupt a writer waiting for the gate: the next writer
+    of the process must not wait behind it for ever."""
+    other = os.open(gate_path(database), os.O_RDWR | os.O_CREAT)  # another process's writer
+    fcntl.flock(other, fcntl.LOCK_EX)
+
+    def interrupt(_signum, _frame):
+        raise TimeoutError("death penalty")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        waiting = connect(database)
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(TimeoutError):
+            waiting.execute("INSERT INTO t VALUES (1)")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        fcntl.flock(other, fcntl.LOCK_UN)
+        os.close(other)
+    waiting.rollback()
+    writer = connect(database)
+    done = threading.Event()
+
+    def write():
+        writer.execute("INSERT INTO t VALUES (2)")
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    assert done.wait(3), "the next writer is stuck behind the interrupted one"
+    assert gate_taken(database)  # through the gate, not around it
+    thread.join()
+    writer.commit()
+    assert not gate_taken(database)

@@ -127,9 +127,15 @@ class WriterConnection(sqlite3.Connection):
         deadline = time.monotonic() + GATE_WAIT_S
         queue = _queue(self._gate)
         if queue.acquire(timeout=GATE_WAIT_S):  # the turn among this process's threads, asleep
-            if wait_for_gate(self._fd, max(deadline - time.monotonic(), 0.0)):  # then among processes
-                self._queue, self._holding, _holder.held = queue, True, True
-                return
+            try:
+                if wait_for_gate(self._fd, max(deadline - time.monotonic(), 0.0)):  # then among processes
+                    self._queue, self._holding, _holder.held = queue, True, True
+                    return
+            except BaseException:  # interrupted while waiting (RQ's SIGALRM): never keep the line
+                if not self._holding:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)  # in case it was taken just before
+                    queue.release()
+                raise
             queue.release()
         log.warning("SQLite writer gate %s still taken after %.0f s; writing without it", self._gate,
                     GATE_WAIT_S, extra={"event": "db.writer_gate_timeout"})
