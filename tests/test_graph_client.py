@@ -153,7 +153,7 @@ def test_a_kept_connection_the_server_closed_is_not_written_to():
     client = WhatsAppClient(settings(url))
     try:
         first = client.send("555", "1", {"type": "text"})
-        threading.Event().wait(0.4)  # the server has closed the kept connection meanwhile
+        threading.Event().wait(1.2)  # closed meanwhile (libcurl checks a connection idle over 1 s)
         second = client.send("555", "1", {"type": "text"})
     finally:
         server.close()
@@ -183,3 +183,37 @@ def test_each_thread_sends_on_its_own_connection(httpserver):
     for to, answers in results.items():
         assert [r.wa_message_id for r in answers] == [f"wamid.{to}"] * 20
     assert len(seen) == 80
+
+
+def test_a_request_lost_on_a_kept_connection_is_not_sent_again_by_the_client():
+    """The connection dies after the request went out and before any answer: Meta may have the
+    message, so the call reports the outcome unknown (delivery waits for the status webhook)
+    and the client itself sends nothing more (libcurl would resend on a new connection)."""
+    requests: list[bytes] = []
+
+    def answer_then_drop(conn):
+        answer = b'{"messages":[{"id":"wamid.1"}]}'
+        first = True
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            requests.append(data)
+            if not first:  # the second request on this connection: read, then gone
+                conn.close()
+                return
+            first = False
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(answer), answer))
+
+    server, url = _listener(answer_then_drop)
+    client = WhatsAppClient(settings(url))
+    try:
+        first = client.send("555", "1", {"type": "text"})
+        second = client.send("555", "1", {"type": "text"})
+        threading.Event().wait(0.3)
+    finally:
+        server.close()
+    assert first.ok
+    assert (second.ok, second.retryable, second.outcome_unknown) == (False, True, True)
+    assert len(requests) == 2

@@ -23,13 +23,15 @@ The same rules as requests keeps: the CA bundle from REQUESTS_CA_BUNDLE / CURL_C
 (read here with the standard library, as requests does, and handed to libcurl, whose own
 reading of the environment differs: it ignores an upper-case HTTP_PROXY). Each thread has
 its own handle (a handle is not to be shared between threads), and a forked child opens its
-own. One difference from urllib3: when a kept connection dies before any byte of the answer
-came back (the server closed it as idle), libcurl sends the request once more on a new
-connection instead of reporting it; a connection it finds closed before it writes is not used.
+own. A kept connection found closed before anything is written is not used; one that dies
+after the request went out ends the call with the outcome unknown (libcurl would resend a
+POST on a new connection by itself, but the body comes from a read function it cannot rewind),
+as with urllib3: delivery then waits for Meta's status webhook before it sends again.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -50,6 +52,7 @@ RETRYABLE_CODES = {1, 2, 4, 80007, 130429, 131048, 131056, 133016}
 # libcurl's errors that mean no connection was made (nothing reached Meta): name or proxy
 # not resolved, refused, unreachable (https://curl.se/libcurl/c/libcurl-errors.html)
 _NOT_CONNECTED = {pycurl.E_COULDNT_RESOLVE_PROXY, pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT}
+_inherited: list = []  # handles a forked child got from its parent: kept, never used
 
 
 @dataclass(frozen=True)
@@ -111,10 +114,13 @@ def classify_error(http_status: int, body: Any) -> SendResult:
 
 
 def _transport_error(handle, code: int) -> SendResult:
-    """A call that got no answer: whether the request may have reached Meta decides a resend."""
+    """A call that got no answer: whether the request may have reached Meta decides a resend.
+
+    Bytes of the request written (REQUEST_SIZE, for the whole call): once any were, Meta may
+    have the message whatever failed next (a new connection refused, say)."""
+    sent = handle.getinfo(pycurl.REQUEST_SIZE) > 0
     if code in _NOT_CONNECTED:
-        return SendResult(ok=False, error_title="connection error", retryable=True)
-    sent = handle.getinfo(pycurl.REQUEST_SIZE) > 0  # bytes of the request written to the server
+        return SendResult(ok=False, error_title="connection error", retryable=True, outcome_unknown=sent)
     if code == pycurl.E_OPERATION_TIMEDOUT:
         return SendResult(ok=False, error_title="read timeout" if sent else "connect timeout", retryable=True,
                           outcome_unknown=sent)
@@ -141,7 +147,10 @@ class WhatsAppClient:
         """This thread's handle (a forked child makes its own: the parent's connections are not its)."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
+            if getattr(local, "handle", None) is not None:  # the parent's: freeing it would close
+                _inherited.append(local.handle)  # the parent's connection from here
             handle = pycurl.Curl()
+            handle.setopt(pycurl.POST, 1)
             handle.setopt(pycurl.NOSIGNAL, 1)  # no SIGALRM for timeouts: other threads, RQ's death penalty
             handle.setopt(pycurl.CONNECTTIMEOUT_MS, self.connect_ms)
             handle.setopt(pycurl.TIMEOUT_MS, self.total_ms)
@@ -158,7 +167,12 @@ class WhatsAppClient:
     def _post(self, phone_number_id: str, body: dict) -> SendResult:
         handle = self._handle()
         handle.setopt(pycurl.URL, f"{self.base}/{phone_number_id or self.default_phone_number_id}/messages")
-        handle.setopt(pycurl.POSTFIELDS, json.dumps(body).encode())
+        data = json.dumps(body).encode()
+        handle.setopt(pycurl.POSTFIELDSIZE, len(data))
+        # The body through a read function that cannot rewind: when a kept connection dies after
+        # the request went out, libcurl would send it again on a new connection by itself (a
+        # duplicate, should Meta have taken the first); unable to rewind, it reports the error.
+        handle.setopt(pycurl.READFUNCTION, io.BytesIO(data).read)
         try:
             answer = handle.perform_rb()
         except pycurl.error as exc:
