@@ -258,3 +258,23 @@ def test_operators_find_and_message_a_user_id_contact(make_app, graph):
     assert response.status_code in (200, 201, 202), response.json
     run_worker(app)
     assert sent(graph)[-1] == (None, BSUID, "Hi Bo")
+
+
+@pytest.mark.parametrize("user_id", ["DE.copy", None], ids=["by user id", "by phone number"])
+def test_a_late_copy_of_a_message_changes_nothing_about_its_contact(uid_app, graph, user_id):
+    """Meta delivers at least once: a copy of an old message arriving after the user changed
+    number (or name) must not move the contact back."""
+    old = user_message("hello", phone="4915100000030", user_id=user_id, name="Bo")
+    deliver(uid_app, old)
+    if user_id:
+        deliver(uid_app, system_message("4915100000030", {"type": "user_changed_number", "wa_id": "4915100000031",
+                                                          "body": "changed"}, old_user_id=user_id))
+        expected = ("4915100000031", user_id, "Bo")
+    else:
+        deliver(uid_app, user_message("renamed", phone="4915100000030", user_id=None, name="Bo Renamed"))
+        expected = ("4915100000030", None, "Bo Renamed")
+    assert [c[1:] for c in contacts(uid_app)] == [expected]
+    replies = len(sent(graph))
+    deliver(uid_app, old)  # the copy
+    assert [c[1:] for c in contacts(uid_app)] == [expected]
+    assert len(sent(graph)) == replies  # answered once

@@ -27,7 +27,7 @@ import math
 import time
 
 from flask import Blueprint, g, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
 from crm.app.monitoring import request_id
@@ -160,6 +160,8 @@ def receive(environ) -> tuple[int, bytes]:
         body = get_input_stream(environ, max_content_length=MAX_BODY).read()
     except RequestEntityTooLarge:
         return 413, _error("payload too large")
+    except ClientDisconnected:  # the body ended before its Content-Length
+        return 400, _error("body cut short")
     if not valid_signature(settings.whatsapp_app_secret, body, environ.get("HTTP_X_HUB_SIGNATURE_256")):
         log.warning("webhook signature missing or wrong", extra={"event": "webhook.bad_signature"})
         return 401, _error("invalid signature")

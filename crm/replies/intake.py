@@ -51,11 +51,11 @@ def _statement(kind: str):
         elif kind == "contact_new":  # a user id not seen before: any conflict means a concurrent insert
             stmt = dialect_insert(_contacts).on_conflict_do_nothing().returning(_contacts.c.id)
         elif kind == "message_by_phone":  # PostgreSQL: the contact's upsert and the message, one statement
-            contact = postgresql_insert(_contacts).values(
-                {name: bindparam(f"c_{name}", type_=_contacts.c[name].type) for name in _CONTACT_VALUES})
+            contact = postgresql_insert(_contacts).from_select(list(_CONTACT_VALUES), select(*(
+                bindparam(f"c_{name}", type_=_contacts.c[name].type) for name in _CONTACT_VALUES)).where(_NOT_STORED))
             stmt = _message_with_contact(_upsert_by_phone(contact).cte("upserted"))
         elif kind == "message_by_user_id":  # PostgreSQL: the contact's update and the message, one statement
-            stmt = _message_with_contact(_BY_USER_ID.cte("seen"))
+            stmt = _message_with_contact(_BY_USER_ID.where(_NOT_STORED).cte("seen"))
         else:
             stmt = (dialect_insert(_messages)
                     .on_conflict_do_nothing(index_elements=[_messages.c.phone_number_id, _messages.c.wa_message_id])
@@ -91,6 +91,13 @@ _BY_USER_ID = (_contacts.update().where(_contacts.c.user_id == bindparam("b_uid"
                         else_=_contacts.c.wa_id)).returning(_contacts.c.id))
 _BY_PHONE = (_contacts.update().where(_contacts.c.wa_id == _b_wa)
              .values(**_SEEN, user_id=bindparam("b_uid")).returning(_contacts.c.id))
+
+
+# A copy of a stored message (Meta delivers at least once) changes nothing: a late one would
+# otherwise move its contact back to the number or name it had then.
+_NOT_STORED = ~exists().where(
+    _messages.c.phone_number_id == bindparam("phone_number_id", type_=_messages.c.phone_number_id.type),
+    _messages.c.wa_message_id == bindparam("wa_message_id", type_=_messages.c.wa_message_id.type))
 
 
 def _upsert_by_phone(stmt):
@@ -262,11 +269,15 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
         if alone is not None:  # stored and committed
             stored.append(alone)
         for m in messages if alone is None else ():
+            earlier = _stored(m)
+            if earlier is not None:  # a copy (Meta delivers at least once): its contact stays as it is
+                if earlier.processed_at is None:  # stored earlier but maybe never enqueued
+                    stored.append(Stored(earlier.id, earlier.contact_id, False))
+                continue
             if m.identity is None:  # the user wrote: the 24-hour window opened when they sent it
                 contact_id = upsert_contact(m.wa_id, m.profile_name, m.user_id, now, min(m.timestamp or now, now))
-            else:  # rare: a copy already stored keeps its contact, and nothing moves again
-                earlier = _stored(m)
-                contact_id = earlier.contact_id if earlier is not None else notice_contact(m, now)
+            else:
+                contact_id = notice_contact(m, now)
             row = {"contact_id": contact_id, **_message_values(m, now, received_at)}
             new_id = hot_sql.execute(_statement("message"), row).scalar_one_or_none()
             if new_id is not None:
