@@ -23,7 +23,7 @@ The same rules as requests keeps: the CA bundle from REQUESTS_CA_BUNDLE / CURL_C
 (read here with the standard library, as requests does, and handed to libcurl, whose own
 reading of the environment differs: it ignores an upper-case HTTP_PROXY). Each thread has
 its own handle (a handle is not to be shared between threads), and a forked child opens its
-own. A kept connection found closed before anything is written is not used; one that dies
+own. A kept connection found closed before anything is written is not used (``_closed``); one that dies
 after the request went out ends the call with the outcome unknown (libcurl would resend a
 POST on a new connection by itself, but the body comes from a read function it cannot rewind),
 as with urllib3: delivery then waits for Meta's status webhook before it sends again.
@@ -35,6 +35,7 @@ import io
 import json
 import logging
 import os
+import select
 import threading
 import urllib.request
 from dataclasses import dataclass
@@ -128,6 +129,16 @@ def _transport_error(handle, code: int) -> SendResult:
     return SendResult(ok=False, error_title="connection error", retryable=True, outcome_unknown=sent)
 
 
+def _closed(handle) -> bool:
+    """Whether the handle's kept connection has something to read while idle: the server closed it."""
+    fd = handle.getinfo(pycurl.ACTIVESOCKET)
+    if fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class WhatsAppClient:
     def __init__(self, settings):
         self.base = f"{settings.whatsapp_api_url}/{settings.whatsapp_api_version}"
@@ -157,6 +168,7 @@ class WhatsAppClient:
             handle.setopt(pycurl.HTTPHEADER, self.headers)
             handle.setopt(pycurl.PROXY, _proxy_for(self.base) or "")  # "": none, whatever the environment says
             handle.setopt(pycurl.FOLLOWLOCATION, 0)
+            handle.setopt(pycurl.MAXCONNECTS, 1)  # one thread, one connection: a replaced one is closed
             handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
             bundle = _ca_bundle()
             if bundle:
@@ -166,6 +178,10 @@ class WhatsAppClient:
 
     def _post(self, phone_number_id: str, body: dict) -> SendResult:
         handle = self._handle()
+        # libcurl checks a kept connection only once it has been idle for a second; one the server
+        # closed sooner (a restart, a drained node) would take the request and lose it: look first,
+        # as urllib3 does (a readable idle connection is closed, or out of step)
+        handle.setopt(pycurl.FRESH_CONNECT, 1 if _closed(handle) else 0)
         handle.setopt(pycurl.URL, f"{self.base}/{phone_number_id or self.default_phone_number_id}/messages")
         data = json.dumps(body).encode()
         handle.setopt(pycurl.POSTFIELDSIZE, len(data))
