@@ -219,10 +219,14 @@ def apply_identity_change(contact_id: int, change: IdentityChange) -> None:
                         extra={"event": "contact.identity_taken", "contact_id": contact_id})
 
 
+_STORED = select(_messages.c.id, _messages.c.contact_id, _messages.c.processed_at).where(
+    _messages.c.phone_number_id == bindparam("b_pnid"), _messages.c.wa_message_id == bindparam("b_wamid"))
+
+
 def _stored(m: InboundMessage):
-    """The row (id, contact_id, processed_at) an earlier copy of ``m`` was stored as, or None."""
-    return db.session.execute(select(Message.id, Message.contact_id, Message.processed_at).where(
-        Message.phone_number_id == m.phone_number_id, Message.wa_message_id == m.wa_message_id)).first()
+    """The row (id, contact_id, processed_at) an earlier copy of ``m`` was stored as, or None.
+    (Prebuilt and run by ``hot_sql``: an ORM select built per call cost ~1 ms of CPU per webhook.)"""
+    return hot_sql.execute(_STORED, {"b_pnid": m.phone_number_id, "b_wamid": m.wa_message_id}).first()
 
 
 def _message_values(m: InboundMessage, now, received_at: float) -> dict:
