@@ -28,6 +28,7 @@ import time
 
 from flask import Blueprint, g, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_input_stream
 
 from crm.app.monitoring import request_id
@@ -114,8 +115,6 @@ def verify():
 
 
 OUTCOMES = {200: "ok", 400: "malformed", 401: "bad_signature", 413: "too_large", 500: "error", 503: "unavailable"}
-_STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED", 413: "413 REQUEST ENTITY TOO LARGE",
-                 500: "500 INTERNAL SERVER ERROR", 503: "503 SERVICE UNAVAILABLE"}
 
 
 def _error(message: str) -> bytes:
@@ -141,8 +140,8 @@ class DeliveryIntake:
                 log.exception("webhook delivery failed", extra={"event": "webhook.error"})
                 status, body = 500, _error("internal error")
             metrics.WEBHOOK_REQUESTS.labels(OUTCOMES[status]).inc()
-        start_response(_STATUS_LINES[status], [("Content-Type", "application/json"),
-                                               ("Content-Length", str(len(body))), ("X-Request-ID", rid)])
+        start_response(f"{status} {HTTP_STATUS_CODES[status]}", [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("X-Request-ID", rid)])
         return [body]
 
 

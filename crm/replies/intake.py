@@ -229,6 +229,12 @@ def _stored(m: InboundMessage):
     return hot_sql.execute(_STORED, {"b_pnid": m.phone_number_id, "b_wamid": m.wa_message_id}).first()
 
 
+def _unanswered(row) -> list[Stored]:
+    """A copy's stored row (``_stored``) as what is still to wake: nothing once it was answered
+    (stored earlier but maybe never enqueued otherwise)."""
+    return [Stored(row.id, row.contact_id, False)] if row.processed_at is None else []
+
+
 def _message_values(m: InboundMessage, now, received_at: float) -> dict:
     return {"direction": Direction.IN, "type": m.type, "text": m.text, "payload": m.payload,
             "phone_number_id": m.phone_number_id, "wa_message_id": m.wa_message_id, "context_wa_id": m.context_id,
@@ -275,8 +281,7 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
         for m in messages if alone is None else ():
             earlier = _stored(m)
             if earlier is not None:  # a copy (Meta delivers at least once): its contact stays as it is
-                if earlier.processed_at is None:  # stored earlier but maybe never enqueued
-                    stored.append(Stored(earlier.id, earlier.contact_id, False))
+                stored += _unanswered(earlier)
                 continue
             if m.identity is None:  # the user wrote: the 24-hour window opened when they sent it
                 contact_id = upsert_contact(m.wa_id, m.profile_name, m.user_id, now, min(m.timestamp or now, now))
@@ -286,10 +291,8 @@ def store_inbound(messages: list[InboundMessage], received_at: float | None = No
             new_id = hot_sql.execute(_statement("message"), row).scalar_one_or_none()
             if new_id is not None:
                 stored.append(Stored(new_id, contact_id, True))
-            else:
-                existing = _stored(m)
-                if existing.processed_at is None:  # stored earlier but maybe never enqueued
-                    stored.append(Stored(existing.id, contact_id, False))
+            else:  # a copy stored meanwhile by a concurrent delivery
+                stored += _unanswered(_stored(m))
         db.session.commit()
     except Exception:
         db.session.rollback()
