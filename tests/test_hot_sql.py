@@ -8,8 +8,8 @@ import tempfile
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import bindparam, select
-from sqlalchemy.exc import IntegrityError, NoResultFound, OperationalError
+from sqlalchemy import bindparam, event, select
+from sqlalchemy.exc import IntegrityError, NoResultFound, OperationalError, PendingRollbackError
 
 from crm.base import hot_sql
 from crm.base.enums import Direction, MessageStatus
@@ -127,6 +127,80 @@ def test_results_and_errors_read_as_sqlalchemys(app):
         db.session.rollback()
 
 
+def _checkouts():
+    """A counter of the pool's checkouts from now on (a list: [count])."""
+    seen = [0]
+
+    def count(*_args):
+        seen[0] += 1
+
+    event.listen(db.engine, "checkout", count)
+    return seen, lambda: event.remove(db.engine, "checkout", count)
+
+
+def test_a_unit_of_work_holds_one_connection_for_all_its_transactions(app):
+    """hot_sql's transactions (a webhook's, a turn's) commit on the connection the unit of work
+    checked out first: one checkout per app context, however many transactions, back to the
+    pool when the context ends."""
+    with app.app_context():
+        seen, stop = _checkouts()
+        try:
+            contact_id = _contact()
+            db.session.commit()
+            for text in ("a", "b", "c"):
+                _outbound(contact_id, callback_id=f"cb-{text}")
+                db.session.commit()
+            hot_sql.execute_alone(_CONTACT, {"b_contact": contact_id})
+            assert seen[0] == 1
+            assert db.engine.pool.checkedout() == 1
+        finally:
+            stop()
+    with app.app_context():  # the teardown gave it back
+        assert db.engine.pool.checkedout() == 0
+        assert _other_connection_sees(contact_id)
+        assert db.session.execute(select(db.func.count()).select_from(messages)).scalar() == 3
+        db.session.rollback()
+
+
+def test_the_sessions_own_statements_share_the_held_connections_transaction(app):
+    """ORM and Core statements through the session after hot_sql's (or before them) run in the
+    same database transaction: one commit keeps both, one rollback undoes both."""
+    with app.app_context():
+        contact_id = _contact()
+        db.session.add(Contact(wa_id="15550077", profile_name="Orm"))
+        db.session.flush()
+        assert db.session.connection() is hot_sql._connection(db.session())
+        db.session.rollback()
+        assert db.session.execute(select(db.func.count()).select_from(contacts)).scalar() == 0
+        db.session.rollback()
+
+        contact_id = _contact()
+        db.session.add(Contact(wa_id="15550078", profile_name="Orm"))
+        db.session.commit()
+        assert _other_connection_sees(contact_id)
+        assert db.session.execute(select(db.func.count()).select_from(contacts)).scalar() == 2
+        db.session.rollback()
+
+        # the session first, hot_sql after: the session's transaction, one commit for both
+        db.session.add(Contact(wa_id="15550079", profile_name="First"))
+        db.session.flush()
+        _outbound(contact_id, callback_id="cb-orm-first")
+        db.session.rollback()
+        assert db.session.execute(select(db.func.count()).select_from(messages)).scalar() == 0
+        db.session.rollback()
+
+
+def test_a_rollback_undoes_what_only_hot_sql_wrote(app):
+    with app.app_context():
+        contact_id = _contact()
+        db.session.commit()
+        message_id = _outbound(contact_id)
+        db.session.rollback()
+        assert hot_sql.execute(select(messages.c.id).where(messages.c.id == bindparam("b_id")),
+                               {"b_id": message_id}).first() is None
+        db.session.rollback()
+
+
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # an SQLite file has no connection to lose
 def test_a_connection_the_server_dropped_is_invalidated_and_replaced(app):
     import psycopg
@@ -140,6 +214,10 @@ def test_a_connection_the_server_dropped_is_invalidated_and_replaced(app):
         with pytest.raises(OperationalError) as caught:
             hot_sql.execute(_CONTACT, {"b_contact": 1})
         assert caught.value.connection_invalidated
+        with pytest.raises(PendingRollbackError):  # what ran before went with the connection
+            hot_sql.execute(_CONTACT, {"b_contact": 1})
+        with pytest.raises(PendingRollbackError):
+            db.session.commit()
         db.session.rollback()
         assert hot_sql.execute(select(db.func.pg_backend_pid()), {}).scalar() != pid
 

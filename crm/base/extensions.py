@@ -12,13 +12,14 @@ import time
 from flask import Flask, current_app
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from flask_sqlalchemy.session import Session as FlaskSession
 from redis import Redis
 from redis.commands.core import Script
 from rq import Queue
 from sqlalchemy import MetaData, event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, PendingRollbackError
 
 from crm.base import keys
 
@@ -29,7 +30,85 @@ naming = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-db = SQLAlchemy(metadata=MetaData(naming_convention=naming))
+HELD = "crm.held_connection"  # AppSession.info: the unit of work's pooled Connection
+
+
+class AppSession(FlaskSession):
+    """``db.session``'s class: a unit of work (a webhook delivery, a contact served, a request)
+    may hold one pooled ``Connection`` (``held_connection``) from its first statement run by
+    ``crm.base.hot_sql`` until the session closes (the app context's teardown), and commit
+    what only those statements wrote on the driver's connection directly.
+
+    The session's own transactions then run on that same connection (``get_bind``), so the
+    statements of ``hot_sql`` and of the ORM always share one database transaction, and
+    ``commit``/``rollback`` end both. Why: SQLAlchemy's session checks a connection out of the
+    pool and back in for every transaction and builds its transaction objects around it.
+    Sampled with py-spy (``--gil``) under ``bench/cpu_split.sh sqlite`` load, that was 12-19 % of
+    the web's and the reply processes' Python time, for one to three short transactions each.
+    """
+
+    def get_bind(self, mapper=None, clause=None, bind=None, **kwargs):
+        held = self.info.get(HELD)
+        if bind is None and held is not None:
+            return held
+        return super().get_bind(mapper=mapper, clause=clause, bind=bind, **kwargs)
+
+    def held_connection(self):
+        """The unit of work's connection, checked out of the pool at its first use. After the
+        database dropped it (``invalidate``), nothing more runs on it until a rollback."""
+        held = self.info.get(HELD)
+        if held is None:
+            held = self.info[HELD] = self._db.engine.connect()
+        elif held.invalidated:
+            raise PendingRollbackError("the connection was lost in this transaction; roll back first")
+        return held
+
+    def commit(self) -> None:
+        held = self.info.get(HELD)
+        if held is None or self.get_transaction() is not None or self.new or self.dirty or self.deleted:
+            super().commit()  # the session's transaction (on the held connection when there is one)
+            return
+        if held.invalidated:
+            raise PendingRollbackError("the connection was lost in this transaction; roll back first")
+        fairy = held.connection
+        dialect = held.dialect
+        try:
+            fairy.dbapi_connection.commit()
+        except dialect.loaded_dbapi.Error as exc:
+            invalidated = dialect.is_disconnect(exc, fairy, None)
+            if invalidated:
+                held.invalidate(exc)
+            raise DBAPIError.instance("COMMIT", None, exc, dialect.loaded_dbapi.Error, hide_parameters=True,
+                                      connection_invalidated=invalidated, dialect=dialect) from exc
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            held = self.info.get(HELD)
+            if held is not None:
+                if held.invalidated:  # its transaction went with it: the next use checks out another
+                    self._release()
+                else:
+                    try:
+                        held.connection.dbapi_connection.rollback()
+                    except Exception as exc:  # a dead connection has nothing to roll back
+                        held.invalidate(exc)
+                        self._release()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        held = self.info.pop(HELD, None)
+        if held is not None:
+            held.close()  # back to the pool, which rolls back whatever was left open
+
+
+db = SQLAlchemy(metadata=MetaData(naming_convention=naming), session_options={"class_": AppSession})
 migrate = Migrate()
 
 
