@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import hmac
 import re
-import uuid
+import secrets
 from urllib.parse import urlsplit
 
 import rq_dashboard
@@ -158,7 +158,7 @@ class DashboardTemplates(BaseLoader):
 
 def request_id(incoming: str) -> str:
     """The caller's X-Request-ID when it is a plain one (letters, digits, dashes; first 64), else a new id."""
-    return incoming[:64] if incoming.replace("-", "").isalnum() else uuid.uuid4().hex
+    return incoming[:64] if incoming.replace("-", "").isalnum() else secrets.token_hex(16)
 
 
 def assign_request_id():
