@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import tempfile
+import threading
 from datetime import timedelta
 
 import pytest
@@ -140,8 +142,8 @@ def _checkouts():
 
 def test_a_unit_of_work_holds_one_connection_for_all_its_transactions(app):
     """hot_sql's transactions (a webhook's, a turn's) commit on the connection the unit of work
-    checked out first: one checkout per app context, however many transactions, back to the
-    pool when the context ends."""
+    checked out first: one checkout per app context, however many transactions. The thread's
+    next unit of work takes it back without the pool."""
     with app.app_context():
         seen, stop = _checkouts()
         try:
@@ -151,15 +153,57 @@ def test_a_unit_of_work_holds_one_connection_for_all_its_transactions(app):
                 _outbound(contact_id, callback_id=f"cb-{text}")
                 db.session.commit()
             hot_sql.execute_alone(_CONTACT, {"b_contact": contact_id})
-            assert seen[0] == 1
-            assert db.engine.pool.checkedout() == 1
+            assert seen[0] == 1 and db.engine.pool.checkedout() == 1
+            first = hot_sql._connection(db.session()).connection.dbapi_connection
         finally:
             stop()
-    with app.app_context():  # the teardown gave it back
+    with app.app_context():  # the thread's spare: no checkout
+        seen, stop = _checkouts()
+        try:
+            assert _other_connection_sees(contact_id)
+            assert hot_sql.execute(select(db.func.count()).select_from(messages), {}).scalar() == 3
+            assert hot_sql._connection(db.session()).connection.dbapi_connection is first
+            assert seen[0] == 1  # _other_connection_sees's own
+            db.session.rollback()
+        finally:
+            stop()
+
+
+def test_a_spare_connection_goes_back_to_the_pool_once_idle_or_replaced(app, monkeypatch):
+    from crm.base import extensions
+
+    with app.app_context():
+        _contact()
+        db.session.commit()
+    assert extensions._spares.spare is not None
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 1  # the spare
+        monkeypatch.setattr(extensions, "IDLE_PING_AFTER", 0.0)  # it has been idle too long
+        seen, stop = _checkouts()
+        try:
+            hot_sql.execute(_CONTACT, {"b_contact": 1})
+            assert seen[0] == 1 and db.engine.pool.checkedout() == 1  # the old one went back
+        finally:
+            stop()
+            db.session.rollback()
+    monkeypatch.undo()
+    done = threading.Event()
+
+    def elsewhere():  # another thread ends with a spare of its own: given back to the pool
+        with app.app_context():
+            hot_sql.execute(_CONTACT, {"b_contact": 1})
+        done.set()
+
+    worker = threading.Thread(target=elsewhere)
+    worker.start()
+    worker.join()
+    assert done.is_set()
+    gc.collect()
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 1  # this thread's spare alone
+    extensions._spares.spare = None  # given back
+    with app.app_context():
         assert db.engine.pool.checkedout() == 0
-        assert _other_connection_sees(contact_id)
-        assert db.session.execute(select(db.func.count()).select_from(messages)).scalar() == 3
-        db.session.rollback()
 
 
 def test_the_sessions_own_statements_share_the_held_connections_transaction(app):

@@ -7,6 +7,8 @@ and ``get_settings``.
 from __future__ import annotations
 
 import functools
+import os
+import threading
 import time
 
 from flask import Flask, current_app
@@ -45,6 +47,13 @@ class AppSession(FlaskSession):
     pool and back in for every transaction and builds its transaction objects around it.
     Sampled with py-spy (``--gil``) under ``bench/cpu_split.sh sqlite`` load, that was 12-19 % of
     the web's and the reply processes' Python time, for one to three short transactions each.
+
+    When the session closes, a clean connection (rolled back, as the pool would) is kept as the
+    thread's spare and the thread's next unit of work takes it back without the pool (a web
+    thread serves one webhook after another, a reply thread one contact after another); one
+    idle for ``IDLE_PING_AFTER`` or from another engine or pool goes back to the pool instead,
+    so a connection that sat idle is still pinged at checkout. Checking out and in was another
+    ~8 % of a web process's Python time (py-spy ``--gil``).
     """
 
     def get_bind(self, mapper=None, clause=None, bind=None, **kwargs):
@@ -58,7 +67,8 @@ class AppSession(FlaskSession):
         database dropped it (``invalidate``), nothing more runs on it until a rollback."""
         held = self.info.get(HELD)
         if held is None:
-            held = self.info[HELD] = self._db.engine.connect()
+            engine = self._db.engine
+            held = self.info[HELD] = _take_spare(engine) or engine.connect()
         elif held.invalidated:
             raise PendingRollbackError("the connection was lost in this transaction; roll back first")
         return held
@@ -104,8 +114,60 @@ class AppSession(FlaskSession):
 
     def _release(self) -> None:
         held = self.info.pop(HELD, None)
-        if held is not None:
-            held.close()  # back to the pool, which rolls back whatever was left open
+        if held is None:
+            return
+        if not (held.closed or held.invalidated or held.in_transaction()):
+            try:
+                held.connection.dbapi_connection.rollback()  # what the pool does to a connection given back
+            except Exception as exc:  # a dead connection: the pool replaces it
+                held.invalidate(exc)
+            else:
+                _spares.spare = _Spare(held, self._db.engine.pool)  # an older spare goes back to the pool
+                return
+        held.close()  # back to the pool, which rolls back whatever was left open
+
+
+class _Spare:
+    """A thread's spare connection (``AppSession``), given back to the pool when it is replaced or
+    its thread ends; never by a forked child (the connection is its parent's)."""
+
+    __slots__ = ("conn", "pool", "since", "pid")
+
+    def __init__(self, conn, pool):
+        self.conn, self.pool, self.since, self.pid = conn, pool, time.monotonic(), os.getpid()
+
+    def __del__(self):
+        if self.conn is not None and self.pid == os.getpid():
+            try:
+                self.conn.close()
+            except Exception:  # noqa: S110 - at a thread's end there is no one to tell
+                pass
+
+
+_spares = threading.local()
+
+
+def _take_spare(engine):
+    """The thread's spare connection when it may serve a unit of work on ``engine``, else None."""
+    spare = getattr(_spares, "spare", None)
+    if spare is None:
+        return None
+    _spares.spare = None
+    conn, spare.conn = spare.conn, None  # the spare no longer gives it back
+    if (spare.pid == os.getpid() and spare.pool is engine.pool and conn.engine is engine
+            and not (conn.closed or conn.invalidated) and time.monotonic() - spare.since < IDLE_PING_AFTER):
+        return conn
+    if spare.pid == os.getpid():
+        conn.close()
+    return None
+
+
+def _forget_spares() -> None:  # a forked child: its parent's connections are not its own
+    global _spares
+    _spares = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_spares)
 
 
 db = SQLAlchemy(metadata=MetaData(naming_convention=naming), session_options={"class_": AppSession})
