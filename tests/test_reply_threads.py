@@ -107,3 +107,32 @@ def test_rq_gets_a_redis_client_of_its_own(make_app):
     assert all(q.connection is worker.connection for q in worker.queues)
     assert worker.connection.connection_pool.connection_kwargs["socket_timeout"] > worker.dequeue_timeout
     assert shared.connection_kwargs["socket_timeout"] == 5
+
+
+def _blpops(redis) -> int:
+    return int(redis.info("commandstats").get("cmdstat_blpop", {}).get("calls", 0))
+
+
+def test_a_reply_thread_takes_the_next_contact_in_the_round_trip_that_frees_the_last(app, graph):
+    """Six contacts wait on the ready list; one reply thread serves them all, taking each next one
+    in the script that frees the last (``finish``), not with a BLPOP of its own per contact."""
+    from crm.app.worker import ReadyThreads
+
+    import_examples(app, ECHO)
+    client = app.test_client()
+    senders = [f"98{n:02d}" for n in range(6)]
+    for wa_id in senders:
+        assert post_webhook(client, envelope([message(wa_id, body=f"hi {wa_id}")])).status_code == 200
+    redis = app.extensions["redis"]
+    before = _blpops(redis)
+    threads = ReadyThreads(app, 1)
+    threads.start()
+    try:
+        assert wait_for(lambda: all(graph.texts(wa_id) for wa_id in senders), 30)
+    finally:
+        threads.stop()
+    for wa_id in senders:
+        assert graph.texts(wa_id) == [f"echo hi {wa_id}"]
+    # the first pop, then one that found the list empty (and at most one more while stopping)
+    assert _blpops(redis) - before <= 3
+    assert not any(redis.scan_iter("crm:lock:contact:*")) and not any(redis.scan_iter("crm:queued:*"))

@@ -107,6 +107,43 @@ def test_a_served_contact_goes_back_on_the_ready_list_in_the_round_trip_that_fre
         assert redis.lrange(keys.READY, 0, -1) == [b"7"] and redis.get(keys.queued(7)) is not None
 
 
+def test_the_round_trip_that_frees_a_contact_takes_the_next_one_locked(app, caplog):
+    """``finish`` with a ``next_lock``: the next ready contact is popped and locked with that
+    lock's token in the same script (its marker kept: it is being served); one found locked is
+    left to its holder (marker cleared, told to look again) and the one after it taken; an entry
+    that is no contact id is dropped with a log line; an empty list takes nothing."""
+    from crm.base.locks import ContactLock
+    from crm.replies.wake import ALWAYS
+
+    with app.app_context():
+        redis = app.extensions["redis"]
+        wake_many([11, 12, 13])
+        assert redis.lpop(keys.READY) == b"11"
+        lock = ContactLock(redis, 11)
+        assert lock.acquire()
+        holder = ContactLock(redis, 12)
+        assert holder.acquire()  # an operator's action on 12
+        following = ContactLock(redis, None)
+        assert finish(11, lock.token, ALWAYS, following) is False
+        assert following.contact_id == 13 and following.key == keys.contact_lock(13)
+        assert redis.get(keys.contact_lock(13)) == following.token.encode()
+        assert 0 < redis.pttl(keys.contact_lock(13)) <= keys.LOCK_TTL_MS
+        assert redis.get(keys.queued(13)) is not None  # being served
+        assert redis.get(keys.queued(12)) is None and redis.get(keys.rewake(12)) is not None  # busy: look again
+        assert redis.get(keys.contact_lock(11)) is None
+        assert redis.lrange(keys.READY, 0, -1) == [b"11"]  # ALWAYS: back of the list, behind 13
+        following.extend(force=True)  # the lock is really ours
+        assert finish(13, following.token, next_lock=(last := ContactLock(redis, None))) is False
+        assert last.contact_id == 11 and redis.lrange(keys.READY, 0, -1) == []
+        assert finish(11, last.token, next_lock=(none := ContactLock(redis, None))) is False
+        assert none.contact_id is None  # nothing was waiting
+        redis.rpush(keys.READY, b"not-a-contact", b"14")
+        with caplog.at_level("ERROR"):
+            assert finish(14, None, next_lock=(odd := ContactLock(redis, None))) is False
+        assert odd.contact_id is None and "not a contact id" in caplog.text
+        assert redis.lrange(keys.READY, 0, -1) == [b"14"] and redis.keys(f"{keys.CONTACT_LOCK_PREFIX}not*") == []
+
+
 def test_a_wake_at_a_later_time_is_an_rq_job_for_then(app):
     with app.app_context():
         redis = app.extensions["redis"]

@@ -60,9 +60,11 @@ from crm.app import create_app
 from crm.app.pool import die_with_parent
 from crm.base import keys
 from crm.base.extensions import db, queues_on, redis_client
+from crm.base.locks import ContactLock
 from crm.base.metrics_store import start_pusher
 from crm.base.outages import OUTAGE_ERRORS, OutageLog
 from crm.replies.contact import serve_ready
+from crm.replies.wake import ready_contact
 
 log = logging.getLogger("crm.app.worker")
 
@@ -114,11 +116,12 @@ class AppWorker(SimpleWorker):
             self.run_maintenance_tasks()
 
 
-def serve_in(app, contact_id: int) -> None:
-    """Serve a contact popped off the ready list, in its own application context and session."""
+def serve_in(app, contact_id: int, lock: ContactLock | None = None, next_lock: ContactLock | None = None) -> None:
+    """Serve a contact popped off the ready list, in its own application context and session
+    (``lock`` and ``next_lock``: see ``crm.replies.contact.serve_contact``)."""
     with app.app_context():
         try:
-            serve_ready(contact_id)
+            serve_ready(contact_id, lock, next_lock)
         finally:
             db.session.remove()
 
@@ -127,6 +130,9 @@ class ReadyThreads:
     """The other servers of the ready list in a reply process: ``count`` threads that each pop a
     contact (BLPOP on the ready list alone; the main thread also watches RQ's queues) and serve
     it, so the process keeps answering while a turn waits on the Graph API or the database.
+    While the list holds more, the round trip that frees a served contact also takes the next
+    one, locked (``crm.replies.wake.finish``); the main thread goes back to RQ's pop instead, so
+    due jobs never wait behind a busy ready list.
 
     Only the main thread gets signals, so these turns have no SIGALRM death penalty: a turn is
     bounded by the Graph API's timeouts and the database's, and the contact's lock expires in
@@ -153,29 +159,30 @@ class ReadyThreads:
 
     def _run(self) -> None:
         redis, wait = self.app.extensions["redis"], 1.0
-        while not self._stop.is_set():
-            try:
-                found = redis.blpop([keys.READY], timeout=self.POLL)
-            except OUTAGE_ERRORS:  # the main thread logs the outage; here: wait, with backoff
-                self._stop.wait(wait)
-                wait = min(wait * 2, 10.0)
-                continue
-            wait = 1.0
-            if found is None:
-                continue
-            contact_id = ready_contact(found[1])
-            if contact_id is not None:
-                serve_in(self.app, contact_id)  # serve_ready logs a contact's failure and returns
-
-
-def ready_contact(item: bytes) -> int | None:
-    """The contact id an entry of the ready list holds; anything else is logged and dropped."""
-    try:
-        return int(item)
-    except ValueError:
-        log.error("ready list held %r, not a contact id; dropped", item[:100],
-                  extra={"event": "worker.bad_ready_item"})
-        return None
+        taken: ContactLock | None = None  # the next contact, locked by the last one's finish
+        while taken is not None or not self._stop.is_set():
+            lock, taken = taken, None
+            if lock is not None:
+                contact_id = lock.contact_id
+            else:
+                try:
+                    found = redis.blpop([keys.READY], timeout=self.POLL)
+                except OUTAGE_ERRORS:  # the main thread logs the outage; here: wait, with backoff
+                    self._stop.wait(wait)
+                    wait = min(wait * 2, 10.0)
+                    continue
+                wait = 1.0
+                if found is None:
+                    continue
+                contact_id = ready_contact(found[1])
+                if contact_id is None:
+                    continue
+            # While the ready list holds more, freeing this contact takes the next one (one round
+            # trip where BLPOP and the lock's SET were two more); not once asked to stop.
+            following = None if self._stop.is_set() else ContactLock(redis, None)
+            serve_in(self.app, contact_id, lock, following)  # serve_ready logs a contact's failure and returns
+            if following is not None and following.contact_id is not None:
+                taken = following
 
 
 class ReadyQueue(Queue):

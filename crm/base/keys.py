@@ -28,17 +28,22 @@ APOLOGY_TTL = 3600  # at most one "sorry, something went wrong" per contact per 
 TURN_FAILURES_TTL = 24 * 3600  # failed attempts at one inbound message
 
 
+QUEUED_PREFIX = f"{PREFIX}queued:contact:"  # + contact id (also built so by crm.replies.wake's finish script)
+REWAKE_PREFIX = f"{PREFIX}rewake:contact:"
+CONTACT_LOCK_PREFIX = f"{PREFIX}lock:contact:"
+
+
 def queued(contact_id: int) -> str:
-    return f"{PREFIX}queued:contact:{contact_id}"
+    return f"{QUEUED_PREFIX}{contact_id}"
 
 
 def rewake(contact_id: int) -> str:
     """Set by a wake that found the contact already queued or being served: look again after."""
-    return f"{PREFIX}rewake:contact:{contact_id}"
+    return f"{REWAKE_PREFIX}{contact_id}"
 
 
 def contact_lock(contact_id: int) -> str:
-    return f"{PREFIX}lock:contact:{contact_id}"
+    return f"{CONTACT_LOCK_PREFIX}{contact_id}"
 
 
 def apology(contact_id: int) -> str:

@@ -73,7 +73,16 @@ class TokenLock:
 
 
 class ContactLock(TokenLock):
-    """One contact's work runs under this lock: serving the contact, or an operator action."""
+    """One contact's work runs under this lock: serving the contact, or an operator action.
 
-    def __init__(self, redis: Redis, contact_id: int, ttl_ms: int = keys.LOCK_TTL_MS):
-        super().__init__(redis, keys.contact_lock(contact_id), ttl_ms)
+    ``ContactLock(redis, None)`` is a lock for the next contact off the ready list, taken by the
+    script that frees the last one (``crm.replies.wake.finish``), which then calls ``taken``."""
+
+    def __init__(self, redis: Redis, contact_id: int | None, ttl_ms: int = keys.LOCK_TTL_MS):
+        super().__init__(redis, keys.contact_lock(contact_id) if contact_id is not None else "", ttl_ms)
+        self.contact_id = contact_id
+
+    def taken(self, contact_id: int) -> None:
+        """The lock was set for ``contact_id`` with this token just now (by a script)."""
+        self.contact_id, self.key = contact_id, keys.contact_lock(contact_id)
+        self.extended_at = time.monotonic()

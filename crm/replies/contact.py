@@ -249,32 +249,38 @@ def run_contact(contact_id: int) -> str:
     return serve_contact(contact_id)
 
 
-def serve_ready(contact_id: int) -> str:
-    """Serve a contact the reply worker popped off the ready list (``crm.app.worker``).
+def serve_ready(contact_id: int, lock: ContactLock | None = None, next_lock: ContactLock | None = None) -> str:
+    """Serve a contact the reply worker popped off the ready list (``crm.app.worker``), under
+    ``lock`` when the last one's ``finish`` took it already; ``next_lock``: see ``serve_contact``.
 
     Never raises for the contact's own trouble, so the worker goes on with the next contact:
     a failure is logged, and ``serve_contact`` has already woken the contact again for later.
     """
     try:
-        return serve_contact(contact_id)
+        return serve_contact(contact_id, lock, next_lock)
     except Exception:
         log.exception("serving contact %s failed", contact_id,
                       extra={"event": "flow.task_failed", "contact_id": contact_id})
         return "failed"
 
 
-def serve_contact(contact_id: int) -> str:
+def serve_contact(contact_id: int, lock: ContactLock | None = None, next_lock: ContactLock | None = None) -> str:
     """One contact's turn under its lock: its outbox, then its oldest waiting message.
 
     The lock taken (an operator's action, another server): the queued marker is cleared and
     nothing done; the holder looks at the inbox again when it releases. Otherwise, after
     ``TURNS_PER_SERVE`` turns the lock and the marker are released, and a contact with more
     waiting goes to the back of the ready list (``wake``), so every contact gets its turn.
+
+    ``lock``: the contact's lock, already taken (by the last contact's ``finish``).
+    ``next_lock``: the round trip that frees this contact also takes the next one off the ready
+    list under that lock (``finish``), for the caller to serve next.
     """
-    lock = ContactLock(get_redis(), contact_id)
-    if not lock.acquire():
-        finish(contact_id, None)  # the holder looks at the inbox when it is done
-        return "busy"
+    if lock is None:
+        lock = ContactLock(get_redis(), contact_id)
+        if not lock.acquire():
+            finish(contact_id, None, next_lock=next_lock)  # the holder looks at the inbox when it is done
+            return "busy"
     outcome, drained, rewoken, requeue = "done", Drained(True, False), True, NEVER
     try:
         drained = drain(contact_id, lock, max_turns=TURNS_PER_SERVE)
@@ -296,7 +302,7 @@ def serve_contact(contact_id: int) -> str:
         try:
             db.session.rollback()
         finally:  # even with the database away: free the contact at once (else the TTLs do)
-            rewoken = finish(contact_id, lock.token, requeue)
+            rewoken = finish(contact_id, lock.token, requeue, next_lock)
             if outcome == "failed":  # an outage or a bug of ours: try again soon (recovery also would)
                 with contextlib.suppress(Exception):
                     wake(contact_id, at=utcnow() + RETRY_AFTER_FAILURE)

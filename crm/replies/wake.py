@@ -6,6 +6,9 @@ football result) calls ``wake`` or ``wake_many``. They own the ready list and th
 marker: a woken contact's id goes to the back of ``crm:contacts:ready``, which the reply
 workers pop together with RQ's queues (``crm.app.worker``) and serve with
 ``crm.replies.contact.serve_contact``: the contact's lock, its outbox and one turn of its inbox.
+A reply thread that has served a contact takes the next one off the list in the same round trip
+that frees the last (``finish`` with a ``next_lock``): under load, one round trip per contact
+where the BLPOP, the lock's SET and the release were three.
 This is RapidPro mailroom's fair contact queue; a wake costs one Redis round trip and a turn
 no RQ job (measured with ``bench/profile_turn.py``: RQ's enqueue was a fifth of the
 webhook's CPU, and its per-job bookkeeping 49 Redis commands and about 40 % of a reply
@@ -24,12 +27,16 @@ A wake ``at`` a later time (a retry's backoff) is an RQ job scheduled by RQ's sc
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from crm.base import keys
 from crm.base.extensions import get_queue, get_redis, redis_script
+from crm.base.locks import ContactLock
 from crm.base.models import utcnow
+
+log = logging.getLogger(__name__)
 
 CONTACT_TASK = "crm.replies.contact.run_contact"
 CHUNK = 500  # contacts per Redis round trip in wake_many
@@ -56,23 +63,37 @@ return pushed
 # KEYS[1] the contact's lock, KEYS[2] its queued marker, KEYS[3] its rewake flag, KEYS[4] the
 # ready list; ARGV[1] the lock's token ('' when the lock was not ours: the contact was busy),
 # ARGV[2] the marker's and the flag's TTL, ARGV[3] whether the contact goes back on the ready
-# list ('always', 'if woken', 'never'), ARGV[4] its id -> 1 when the contact was woken while it
-# was queued or served (look at its inbox again), else 0.
+# list ('always', 'if woken', 'never'), ARGV[4] its id; ARGV[5] the token of a lock for the next
+# contact off the ready list ('' to take none), ARGV[6] that lock's TTL in ms, ARGV[7..9] the
+# prefixes of a contact's lock, marker and flag keys -> {1 when the contact was woken while it
+# was queued or served (look at its inbox again), else 0; the next entry taken off the ready list
+# and 1 when its lock was set with ARGV[5] (0: not a contact id)}. A next contact found locked is
+# left to its holder, as serve_contact does (marker cleared, flag set), and the next one tried.
 _FINISH = """
+local woken = 0
 if ARGV[1] == '' then
   redis.call('DEL', KEYS[2])
   redis.call('SET', KEYS[3], 1, 'EX', ARGV[2])
-  return 0
-end
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-local woken = redis.call('DEL', KEYS[3])
-if ARGV[3] == 'always' or (ARGV[3] == 'if woken' and woken == 1) then
-  redis.call('SET', KEYS[2], 1, 'EX', ARGV[2])
-  redis.call('RPUSH', KEYS[4], ARGV[4])
 else
-  redis.call('DEL', KEYS[2])
+  if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+  woken = redis.call('DEL', KEYS[3])
+  if ARGV[3] == 'always' or (ARGV[3] == 'if woken' and woken == 1) then
+    redis.call('SET', KEYS[2], 1, 'EX', ARGV[2])
+    redis.call('RPUSH', KEYS[4], ARGV[4])
+  else
+    redis.call('DEL', KEYS[2])
+  end
 end
-return woken
+if ARGV[5] == '' then return {woken} end
+for _ = 1, 10 do
+  local item = redis.call('LPOP', KEYS[4])
+  if not item then break end
+  if not string.match(item, '^%d+$') then return {woken, item, 0} end
+  if redis.call('SET', ARGV[7] .. item, ARGV[5], 'NX', 'PX', ARGV[6]) then return {woken, item, 1} end
+  redis.call('DEL', ARGV[8] .. item)
+  redis.call('SET', ARGV[9] .. item, 1, 'EX', ARGV[2])
+end
+return {woken}
 """
 ALWAYS, IF_WOKEN, NEVER = "always", "if woken", "never"
 
@@ -84,7 +105,8 @@ def _push(redis, contact_ids: list[int]) -> list[int]:
     return [int(c) for c in pushed]
 
 
-def finish(contact_id: int, lock_token: str | None, requeue: str = NEVER) -> bool:
+def finish(contact_id: int, lock_token: str | None, requeue: str = NEVER,
+           next_lock: ContactLock | None = None) -> bool:
     """The contact has been served (``lock_token``: the lock it was served under) or found busy
     (None: the lock holder must look again). Releases the lock if still ours and the queued
     marker, in one round trip; True when a wake came meanwhile, so the inbox must be looked at.
@@ -92,10 +114,33 @@ def finish(contact_id: int, lock_token: str | None, requeue: str = NEVER) -> boo
     ``requeue``: the served contact goes straight to the back of the ready list, its marker kept,
     ``ALWAYS`` or only ``IF_WOKEN``, in the same round trip (a separate ``wake`` was one more:
     bench/profile_turn.py --show-redis).
+
+    ``next_lock`` (a ``ContactLock`` for no contact yet): the same round trip also pops the next
+    contact off the ready list and takes its lock; ``next_lock.contact_id`` then says which (None
+    when the list was empty). A reply thread goes on with it without a BLPOP and a SET of its own.
     """
     script = redis_script(get_redis(), _FINISH)
-    return bool(script(keys=[keys.contact_lock(contact_id), keys.queued(contact_id), keys.rewake(contact_id),
-                             keys.READY], args=[lock_token or "", keys.QUEUED_TTL, requeue, contact_id]))
+    reply = script(keys=[keys.contact_lock(contact_id), keys.queued(contact_id), keys.rewake(contact_id),
+                         keys.READY],
+                   args=[lock_token or "", keys.QUEUED_TTL, requeue, contact_id,
+                         next_lock.token if next_lock is not None else "",
+                         next_lock.ttl_ms if next_lock is not None else 0,
+                         keys.CONTACT_LOCK_PREFIX, keys.QUEUED_PREFIX, keys.REWAKE_PREFIX])
+    if next_lock is not None and len(reply) == 3:
+        taken = ready_contact(reply[1])
+        if taken is not None and reply[2]:
+            next_lock.taken(taken)
+    return bool(reply[0])
+
+
+def ready_contact(item: bytes) -> int | None:
+    """The contact id an entry of the ready list holds; anything else is logged and dropped."""
+    try:
+        return int(item)
+    except ValueError:
+        log.error("ready list held %r, not a contact id; dropped", item[:100],
+                  extra={"event": "worker.bad_ready_item"})
+        return None
 
 
 def wake(contact_id: int, at: datetime | None = None) -> bool:
