@@ -142,6 +142,30 @@ def test_the_round_trip_that_frees_a_contact_takes_the_next_one_locked(app, capl
             assert finish(14, None, next_lock=(odd := ContactLock(redis, None))) is False
         assert odd.contact_id is None and "not a contact id" in caplog.text
         assert redis.lrange(keys.READY, 0, -1) == [b"14"] and redis.keys(f"{keys.CONTACT_LOCK_PREFIX}not*") == []
+        redis.delete(keys.READY)
+        redis.rpush(keys.READY, b"015")  # an id written otherwise: the contact's own lock all the same
+        assert finish(14, None, next_lock=(padded := ContactLock(redis, None))) is False
+        assert padded.contact_id == 15 and redis.get(keys.contact_lock(15)) == padded.token.encode()
+
+
+def test_a_taken_contact_that_will_not_be_served_is_handed_back(app):
+    """A reply thread asked to stop after ``finish`` took the next contact gives it back: its lock
+    released and its id at the front of the ready list, its marker kept (queued once)."""
+    from crm.base.locks import ContactLock
+    from crm.replies.wake import hand_back
+
+    with app.app_context():
+        redis = app.extensions["redis"]
+        wake_many([21, 22])
+        assert redis.lpop(keys.READY) == b"21"
+        lock = ContactLock(redis, 21)
+        assert lock.acquire()
+        assert finish(21, lock.token, next_lock=(taken := ContactLock(redis, None))) is False
+        assert taken.contact_id == 22
+        hand_back(taken)
+        assert redis.get(keys.contact_lock(22)) is None
+        assert redis.lrange(keys.READY, 0, -1) == [b"22"] and redis.get(keys.queued(22)) is not None
+        assert wake(22) is False and redis.lrange(keys.READY, 0, -1) == [b"22"]
 
 
 def test_a_wake_at_a_later_time_is_an_rq_job_for_then(app):

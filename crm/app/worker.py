@@ -35,6 +35,7 @@ the worker's own, the session's nice too), so a sync never takes CPU time from r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import logging
@@ -64,7 +65,7 @@ from crm.base.locks import ContactLock
 from crm.base.metrics_store import start_pusher
 from crm.base.outages import OUTAGE_ERRORS, OutageLog
 from crm.replies.contact import serve_ready
-from crm.replies.wake import ready_contact
+from crm.replies.wake import hand_back, ready_contact
 
 log = logging.getLogger("crm.app.worker")
 
@@ -180,9 +181,17 @@ class ReadyThreads:
             # While the ready list holds more, freeing this contact takes the next one (one round
             # trip where BLPOP and the lock's SET were two more); not once asked to stop.
             following = None if self._stop.is_set() else ContactLock(redis, None)
-            serve_in(self.app, contact_id, lock, following)  # serve_ready logs a contact's failure and returns
+            try:
+                serve_in(self.app, contact_id, lock, following)  # serve_ready logs a contact's failure
+            except Exception:  # outside the contact's serve (its app context): never end the thread
+                log.exception("serving contact %s failed", contact_id,
+                              extra={"event": "flow.task_failed", "contact_id": contact_id})
             if following is not None and following.contact_id is not None:
-                taken = following
+                if self._stop.is_set():  # a warm shutdown: the next contact waits for another server
+                    with contextlib.suppress(*OUTAGE_ERRORS):  # else its lock and marker expire: recovery
+                        hand_back(following)
+                else:
+                    taken = following
 
 
 class ReadyQueue(Queue):

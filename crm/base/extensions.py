@@ -57,10 +57,11 @@ class AppSession(FlaskSession):
     """
 
     def get_bind(self, mapper=None, clause=None, bind=None, **kwargs):
-        held = self.info.get(HELD)
-        if bind is None and held is not None:
-            return held
-        return super().get_bind(mapper=mapper, clause=clause, bind=bind, **kwargs)
+        """The unit of work's held connection (checked out, or the thread's spare taken, now):
+        every transaction of a unit of work, the session's or ``hot_sql``'s, uses that one."""
+        if bind is not None:
+            return bind
+        return self.held_connection()
 
     def held_connection(self):
         """The unit of work's connection, checked out of the pool at its first use. After the

@@ -88,10 +88,12 @@ if ARGV[5] == '' then return {woken} end
 for _ = 1, 10 do
   local item = redis.call('LPOP', KEYS[4])
   if not item then break end
-  if not string.match(item, '^%d+$') then return {woken, item, 0} end
-  if redis.call('SET', ARGV[7] .. item, ARGV[5], 'NX', 'PX', ARGV[6]) then return {woken, item, 1} end
-  redis.call('DEL', ARGV[8] .. item)
-  redis.call('SET', ARGV[9] .. item, 1, 'EX', ARGV[2])
+  local n = tonumber(item)
+  if not n or n < 0 or n ~= math.floor(n) then return {woken, item, 0} end
+  local id = string.format('%d', n)
+  if redis.call('SET', ARGV[7] .. id, ARGV[5], 'NX', 'PX', ARGV[6]) then return {woken, id, 1} end
+  redis.call('DEL', ARGV[8] .. id)
+  redis.call('SET', ARGV[9] .. id, 1, 'EX', ARGV[2])
 end
 return {woken}
 """
@@ -127,10 +129,21 @@ def finish(contact_id: int, lock_token: str | None, requeue: str = NEVER,
                          next_lock.ttl_ms if next_lock is not None else 0,
                          keys.CONTACT_LOCK_PREFIX, keys.QUEUED_PREFIX, keys.REWAKE_PREFIX])
     if next_lock is not None and len(reply) == 3:
-        taken = ready_contact(reply[1])
-        if taken is not None and reply[2]:
-            next_lock.taken(taken)
+        if reply[2]:
+            next_lock.taken(int(reply[1]))
+        else:
+            _dropped(reply[1])
     return bool(reply[0])
+
+
+def hand_back(lock: ContactLock) -> None:
+    """A contact taken with ``finish``'s ``next_lock`` that will not be served now (its server
+    stops): its lock released and its id back at the front of the ready list (its queued marker
+    is still set), in one round trip."""
+    pipe = lock.redis.pipeline(transaction=True)
+    lock.release(pipe)
+    pipe.lpush(keys.READY, lock.contact_id)
+    pipe.execute()
 
 
 def ready_contact(item: bytes) -> int | None:
@@ -138,9 +151,12 @@ def ready_contact(item: bytes) -> int | None:
     try:
         return int(item)
     except ValueError:
-        log.error("ready list held %r, not a contact id; dropped", item[:100],
-                  extra={"event": "worker.bad_ready_item"})
+        _dropped(item)
         return None
+
+
+def _dropped(item: bytes) -> None:
+    log.error("ready list held %r, not a contact id; dropped", item[:100], extra={"event": "worker.bad_ready_item"})
 
 
 def wake(contact_id: int, at: datetime | None = None) -> bool:
