@@ -136,3 +136,26 @@ def test_a_reply_thread_takes_the_next_contact_in_the_round_trip_that_frees_the_
     # the first pop, then one that found the list empty (and at most one more while stopping)
     assert _blpops(redis) - before <= 3
     assert not any(redis.scan_iter("crm:lock:contact:*")) and not any(redis.scan_iter("crm:queued:*"))
+
+
+def test_the_main_thread_also_takes_the_next_contact_in_the_round_trip_that_frees_the_last(make_app, graph):
+    """A reply process of one thread (RQ's main thread alone) with six contacts waiting serves
+    them all after one BLPOP: each next one comes with the script that frees the last."""
+    app = make_app(WORKER_THREADS=1)
+    import_examples(app, ECHO)
+    client = app.test_client()
+    senders = [f"97{n:02d}" for n in range(6)]
+    for wa_id in senders:
+        assert post_webhook(client, envelope([message(wa_id, body=f"hi {wa_id}")])).status_code == 200
+    redis = app.extensions["redis"]
+    before = _blpops(redis)
+    (proc,) = spawn_workers(app, 1, burst=False)
+    try:
+        assert wait_for(lambda: all(graph.texts(wa_id) for wa_id in senders), 60)
+    finally:
+        code = terminate(proc)
+    assert code == 0, proc.stderr.read()
+    for wa_id in senders:
+        assert graph.texts(wa_id) == [f"echo hi {wa_id}"]
+    assert _blpops(redis) - before <= 3  # the first pop, then RQ's wait on an empty list
+    assert not any(redis.scan_iter("crm:lock:contact:*")) and not any(redis.scan_iter("crm:queued:*"))

@@ -94,27 +94,51 @@ class AppWorker(SimpleWorker):
             finally:
                 db.session.remove()
 
-    def serve(self, contact_id: int) -> None:
-        """Serve a contact popped off the ready list, in this process, as a job would run.
+    # Contacts the main thread serves in a row, each taking the next in the round trip that frees
+    # the last, before it goes back to RQ's pop (which returns the ready list first anyway).
+    CHAIN = 100
 
-        RQ's job timeout applies (its death penalty, SIGALRM), and a SIGTERM meanwhile waits for
-        the turn to end (RQ's warm shutdown looks at the state), then stops the worker.
+    def serve(self, contact_id: int) -> None:
+        """Serve a contact popped off the ready list, in this process, as a job would run; then,
+        while the ready list holds more, the contact its ``finish`` took (``ReadyThreads``).
+
+        RQ's job timeout applies to each (its death penalty, SIGALRM), and a SIGTERM meanwhile
+        waits for the turn to end (RQ's warm shutdown looks at the state), then stops the worker:
+        a contact taken meanwhile is handed back to the ready list.
         """
-        self._state = WorkerStatus.BUSY  # in memory only: RQ's shutdown handler reads it
-        try:
+        lock: ContactLock | None = None
+        for served in range(1, self.CHAIN + 1):
+            following = ContactLock(self.app.extensions["redis"], None) if served < self.CHAIN else None
+            self._state = WorkerStatus.BUSY  # in memory only: RQ's shutdown handler reads it
             try:
-                with self.death_penalty_class(keys.CONTACT_JOB_TIMEOUT, JobTimeoutException):
-                    serve_in(self.app, contact_id)
-            except JobTimeoutException:  # the lock expires; the marker too, then recovery wakes it
-                log.error("serving contact %s took longer than %s s; abandoned", contact_id,
-                          keys.CONTACT_JOB_TIMEOUT, extra={"event": "flow.task_timeout", "contact_id": contact_id})
-        finally:
-            self._state = WorkerStatus.IDLE
-        if self._stop_requested:
-            raise StopRequested()
-        self.heartbeat()  # RQ's loop does these between jobs; a busy ready list may never let it
-        if self.should_run_maintenance_tasks:
-            self.run_maintenance_tasks()
+                try:
+                    with self.death_penalty_class(keys.CONTACT_JOB_TIMEOUT, JobTimeoutException):
+                        serve_in(self.app, contact_id, lock, following)
+                except JobTimeoutException:  # the lock expires; the marker too, then recovery wakes it
+                    log.error("serving contact %s took longer than %s s; abandoned", contact_id,
+                              keys.CONTACT_JOB_TIMEOUT, extra={"event": "flow.task_timeout", "contact_id": contact_id})
+            except BaseException:
+                _hand_back_quietly(following)
+                raise
+            finally:
+                self._state = WorkerStatus.IDLE
+            if self._stop_requested:
+                _hand_back_quietly(following)
+                raise StopRequested()
+            self.heartbeat()  # RQ's loop does these between jobs; a busy ready list may never let it
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()
+            if following is None or following.contact_id is None:
+                return
+            contact_id, lock = following.contact_id, following
+
+
+def _hand_back_quietly(taken: ContactLock | None) -> None:
+    """A contact ``finish`` took that will not be served here goes back to the ready list (with
+    Redis away, its lock and marker expire and recovery wakes it)."""
+    if taken is not None and taken.contact_id is not None:
+        with contextlib.suppress(*OUTAGE_ERRORS):
+            hand_back(taken)
 
 
 def serve_in(app, contact_id: int, lock: ContactLock | None = None, next_lock: ContactLock | None = None) -> None:
@@ -132,8 +156,8 @@ class ReadyThreads:
     contact (BLPOP on the ready list alone; the main thread also watches RQ's queues) and serve
     it, so the process keeps answering while a turn waits on the Graph API or the database.
     While the list holds more, the round trip that frees a served contact also takes the next
-    one, locked (``crm.replies.wake.finish``); the main thread goes back to RQ's pop instead, so
-    due jobs never wait behind a busy ready list.
+    one, locked (``crm.replies.wake.finish``); so does the main thread, up to ``AppWorker.CHAIN``
+    contacts in a row (RQ's pop, to which it then goes back, returns the ready list first anyway).
 
     Only the main thread gets signals, so these turns have no SIGALRM death penalty: a turn is
     bounded by the Graph API's timeouts and the database's, and the contact's lock expires in
@@ -188,8 +212,7 @@ class ReadyThreads:
                               extra={"event": "flow.task_failed", "contact_id": contact_id})
             if following is not None and following.contact_id is not None:
                 if self._stop.is_set():  # a warm shutdown: the next contact waits for another server
-                    with contextlib.suppress(*OUTAGE_ERRORS):  # else its lock and marker expire: recovery
-                        hand_back(following)
+                    _hand_back_quietly(following)
                 else:
                     taken = following
 
