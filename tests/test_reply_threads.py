@@ -113,49 +113,52 @@ def _blpops(redis) -> int:
     return int(redis.info("commandstats").get("cmdstat_blpop", {}).get("calls", 0))
 
 
+def _six_waiting(app, prefix: str) -> list[str]:
+    """Six contacts, each with one message waiting on the ready list (the echo flow answers)."""
+    import_examples(app, ECHO)
+    client = app.test_client()
+    senders = [f"{prefix}{n:02d}" for n in range(6)]
+    for wa_id in senders:
+        assert post_webhook(client, envelope([message(wa_id, body=f"hi {wa_id}")])).status_code == 200
+    return senders
+
+
+def _all_answered_once(app, graph, senders: list[str]) -> None:
+    for wa_id in senders:
+        assert graph.texts(wa_id) == [f"echo hi {wa_id}"]
+    redis = app.extensions["redis"]
+    assert not any(redis.scan_iter("crm:lock:contact:*")) and not any(redis.scan_iter("crm:queued:*"))
+
+
 def test_a_reply_thread_takes_the_next_contact_in_the_round_trip_that_frees_the_last(app, graph):
     """Six contacts wait on the ready list; one reply thread serves them all, taking each next one
     in the script that frees the last (``finish``), not with a BLPOP of its own per contact."""
     from crm.app.worker import ReadyThreads
 
-    import_examples(app, ECHO)
-    client = app.test_client()
-    senders = [f"98{n:02d}" for n in range(6)]
-    for wa_id in senders:
-        assert post_webhook(client, envelope([message(wa_id, body=f"hi {wa_id}")])).status_code == 200
-    redis = app.extensions["redis"]
-    before = _blpops(redis)
+    senders = _six_waiting(app, "98")
+    before = _blpops(app.extensions["redis"])
     threads = ReadyThreads(app, 1)
     threads.start()
     try:
         assert wait_for(lambda: all(graph.texts(wa_id) for wa_id in senders), 30)
     finally:
         threads.stop()
-    for wa_id in senders:
-        assert graph.texts(wa_id) == [f"echo hi {wa_id}"]
+    _all_answered_once(app, graph, senders)
     # the first pop, then one that found the list empty (and at most one more while stopping)
-    assert _blpops(redis) - before <= 3
-    assert not any(redis.scan_iter("crm:lock:contact:*")) and not any(redis.scan_iter("crm:queued:*"))
+    assert _blpops(app.extensions["redis"]) - before <= 3
 
 
 def test_the_main_thread_also_takes_the_next_contact_in_the_round_trip_that_frees_the_last(make_app, graph):
     """A reply process of one thread (RQ's main thread alone) with six contacts waiting serves
     them all after one BLPOP: each next one comes with the script that frees the last."""
     app = make_app(WORKER_THREADS=1)
-    import_examples(app, ECHO)
-    client = app.test_client()
-    senders = [f"97{n:02d}" for n in range(6)]
-    for wa_id in senders:
-        assert post_webhook(client, envelope([message(wa_id, body=f"hi {wa_id}")])).status_code == 200
-    redis = app.extensions["redis"]
-    before = _blpops(redis)
+    senders = _six_waiting(app, "97")
+    before = _blpops(app.extensions["redis"])
     (proc,) = spawn_workers(app, 1, burst=False)
     try:
         assert wait_for(lambda: all(graph.texts(wa_id) for wa_id in senders), 60)
     finally:
         code = terminate(proc)
     assert code == 0, proc.stderr.read()
-    for wa_id in senders:
-        assert graph.texts(wa_id) == [f"echo hi {wa_id}"]
-    assert _blpops(redis) - before <= 3  # the first pop, then RQ's wait on an empty list
-    assert not any(redis.scan_iter("crm:lock:contact:*")) and not any(redis.scan_iter("crm:queued:*"))
+    _all_answered_once(app, graph, senders)
+    assert _blpops(app.extensions["redis"]) - before <= 3  # the first pop, then RQ's wait on an empty list
