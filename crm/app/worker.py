@@ -118,27 +118,32 @@ class AppWorker(SimpleWorker):
                     log.error("serving contact %s took longer than %s s; abandoned", contact_id,
                               keys.CONTACT_JOB_TIMEOUT, extra={"event": "flow.task_timeout", "contact_id": contact_id})
             except BaseException:
-                _hand_back_quietly(following)
+                _to_serve_next(following, stopping=True)
                 raise
             finally:
                 self._state = WorkerStatus.IDLE
+            lock = _to_serve_next(following, stopping=self._stop_requested)
             if self._stop_requested:
-                _hand_back_quietly(following)
                 raise StopRequested()
             self.heartbeat()  # RQ's loop does these between jobs; a busy ready list may never let it
             if self.should_run_maintenance_tasks:
                 self.run_maintenance_tasks()
-            if following is None or following.contact_id is None:
+            if lock is None:
                 return
-            contact_id, lock = following.contact_id, following
+            contact_id = lock.contact_id
 
 
-def _hand_back_quietly(taken: ContactLock | None) -> None:
-    """A contact ``finish`` took that will not be served here goes back to the ready list (with
-    Redis away, its lock and marker expire and recovery wakes it)."""
-    if taken is not None and taken.contact_id is not None:
-        with contextlib.suppress(*OUTAGE_ERRORS):
-            hand_back(taken)
+def _to_serve_next(following: ContactLock | None, stopping: bool) -> ContactLock | None:
+    """The lock of the contact ``finish`` took (None: it took none), to serve next; when its
+    server is ``stopping``, the contact goes back to the ready list instead (with Redis away, its
+    lock and marker expire and recovery wakes it)."""
+    if following is None or following.contact_id is None:
+        return None
+    if not stopping:
+        return following
+    with contextlib.suppress(*OUTAGE_ERRORS):
+        hand_back(following)
+    return None
 
 
 def serve_in(app, contact_id: int, lock: ContactLock | None = None, next_lock: ContactLock | None = None) -> None:
@@ -210,11 +215,7 @@ class ReadyThreads:
             except Exception:  # outside the contact's serve (its app context): never end the thread
                 log.exception("serving contact %s failed", contact_id,
                               extra={"event": "flow.task_failed", "contact_id": contact_id})
-            if following is not None and following.contact_id is not None:
-                if self._stop.is_set():  # a warm shutdown: the next contact waits for another server
-                    _hand_back_quietly(following)
-                else:
-                    taken = following
+            taken = _to_serve_next(following, stopping=self._stop.is_set())  # a warm shutdown: handed back
 
 
 class ReadyQueue(Queue):

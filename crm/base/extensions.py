@@ -75,37 +75,23 @@ class AppSession(FlaskSession):
         return held
 
     def commit(self) -> None:
-        held = self.info.get(HELD)
-        if held is None or self.get_transaction() is not None or self.new or self.dirty or self.deleted:
+        if HELD not in self.info or self.get_transaction() is not None or self.new or self.dirty or self.deleted:
             super().commit()  # the session's transaction (on the held connection when there is one)
             return
-        if held.invalidated:
-            raise PendingRollbackError("the connection was lost in this transaction; roll back first")
+        held = self.held_connection()
         fairy = held.connection
-        dialect = held.dialect
         try:
             fairy.dbapi_connection.commit()
-        except dialect.loaded_dbapi.Error as exc:
-            invalidated = dialect.is_disconnect(exc, fairy, None)
-            if invalidated:
-                held.invalidate(exc)
-            raise DBAPIError.instance("COMMIT", None, exc, dialect.loaded_dbapi.Error, hide_parameters=True,
-                                      connection_invalidated=invalidated, dialect=dialect) from exc
+        except held.dialect.loaded_dbapi.Error as exc:
+            raise driver_error(held, "COMMIT", exc, fairy) from exc
 
     def rollback(self) -> None:
         try:
             super().rollback()
         finally:
             held = self.info.get(HELD)
-            if held is not None:
-                if held.invalidated:  # its transaction went with it: the next use checks out another
-                    self._release()
-                else:
-                    try:
-                        held.connection.dbapi_connection.rollback()
-                    except Exception as exc:  # a dead connection has nothing to roll back
-                        held.invalidate(exc)
-                        self._release()
+            if held is not None and (held.invalidated or not _rolled_back(held)):
+                self._release()  # its transaction went with it: the next use checks out another
 
     def close(self) -> None:
         try:
@@ -117,15 +103,32 @@ class AppSession(FlaskSession):
         held = self.info.pop(HELD, None)
         if held is None:
             return
-        if not (held.closed or held.invalidated or held.in_transaction()):
-            try:
-                held.connection.dbapi_connection.rollback()  # what the pool does to a connection given back
-            except Exception as exc:  # a dead connection: the pool replaces it
-                held.invalidate(exc)
-            else:
-                _spares.spare = _Spare(held, self._db.engine.pool)  # an older spare goes back to the pool
-                return
+        if not (held.closed or held.invalidated or held.in_transaction()) and _rolled_back(held):
+            _spares.spare = _Spare(held, self._db.engine.pool)  # an older spare goes back to the pool
+            return
         held.close()  # back to the pool, which rolls back whatever was left open
+
+
+def _rolled_back(held) -> bool:
+    """Roll the driver's connection back (what the pool does to a connection given back); False
+    when it is dead, and then invalidated (the pool replaces it)."""
+    try:
+        held.connection.dbapi_connection.rollback()
+        return True
+    except Exception as exc:
+        held.invalidate(exc)
+        return False
+
+
+def driver_error(conn, statement: str, exc: Exception, fairy, cursor=None) -> DBAPIError:
+    """The driver's error ``exc`` on ``conn`` as SQLAlchemy's exception (parameters hidden), the
+    connection invalidated when the database dropped it, as ``Connection.execute`` does."""
+    dialect = conn.dialect
+    invalidated = dialect.is_disconnect(exc, fairy, cursor)
+    if invalidated:
+        conn.invalidate(exc)
+    return DBAPIError.instance(statement, None, exc, dialect.loaded_dbapi.Error, hide_parameters=True,
+                               connection_invalidated=invalidated, dialect=dialect)
 
 
 class _Spare:

@@ -26,10 +26,10 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.sql.dml import UpdateBase
 
-from crm.base.extensions import db
+from crm.base.extensions import db, driver_error
 
 
 class HotResult:
@@ -164,11 +164,7 @@ def execute(stmt, params: dict[str, Any] | None = None) -> HotResult:
         rows = cursor.fetchall() if description is not None else []
         rowcount = cursor.rowcount
     except dialect.loaded_dbapi.Error as exc:
-        invalidated = dialect.is_disconnect(exc, fairy, cursor)
-        if invalidated:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(plan.sql, None, exc, dialect.loaded_dbapi.Error, hide_parameters=True,
-                                  connection_invalidated=invalidated, dialect=dialect) from exc
+        raise driver_error(conn, plan.sql, exc, fairy, cursor) from exc
     finally:
         cursor.close()
     if rows and plan.row is not None:

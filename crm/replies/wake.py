@@ -70,10 +70,13 @@ return pushed
 # and 1 when its lock was set with ARGV[5] (0: not a contact id)}. A next contact found locked is
 # left to its holder, as serve_contact does (marker cleared, flag set), and the next one tried.
 _FINISH = """
+local function left_to_holder(marker, flag)
+  redis.call('DEL', marker)
+  redis.call('SET', flag, 1, 'EX', ARGV[2])
+end
 local woken = 0
 if ARGV[1] == '' then
-  redis.call('DEL', KEYS[2])
-  redis.call('SET', KEYS[3], 1, 'EX', ARGV[2])
+  left_to_holder(KEYS[2], KEYS[3])
 else
   if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
   woken = redis.call('DEL', KEYS[3])
@@ -92,8 +95,7 @@ for _ = 1, 10 do
   if not n or n < 0 or n ~= math.floor(n) then return {woken, item, 0} end
   local id = string.format('%d', n)
   if redis.call('SET', ARGV[7] .. id, ARGV[5], 'NX', 'PX', ARGV[6]) then return {woken, id, 1} end
-  redis.call('DEL', ARGV[8] .. id)
-  redis.call('SET', ARGV[9] .. id, 1, 'EX', ARGV[2])
+  left_to_holder(ARGV[8] .. id, ARGV[9] .. id)
 end
 return {woken}
 """
